@@ -1,0 +1,3 @@
+from nst_batch.cli import main
+
+main()

@@ -1,0 +1,19 @@
+"""Errors a user can cause and fix. The CLI turns each into a one-line message and exit status 1."""
+
+from __future__ import annotations
+
+
+class NstError(Exception):
+    """Base of every error nst-batch raises for bad input, missing files or bad settings."""
+
+
+class ImageError(NstError):
+    """An input image is missing, unreadable, not an image, truncated or too large."""
+
+
+class WeightsError(NstError):
+    """A weights file is missing, corrupt, unreachable or of the wrong layout."""
+
+
+class ConfigError(NstError):
+    """A setting is out of range or inconsistent with another."""

@@ -1,0 +1,146 @@
+"""Reading and writing images: every failure a user can cause becomes a one-line ImageError."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from nst_batch.errors import ImageError
+
+# Output formats by extension, with the options that make them good for art rather than small.
+SAVE_FORMATS: dict[str, tuple[str, dict[str, object]]] = {
+    ".png": ("PNG", {}),
+    ".jpg": ("JPEG", {"quality": 95, "subsampling": 0}),
+    ".jpeg": ("JPEG", {"quality": 95, "subsampling": 0}),
+    ".webp": ("WEBP", {"quality": 95}),
+}
+
+
+def check_output_path(path: Path) -> None:
+    """Fail before any work when an output could not be written as asked."""
+    if path.suffix.lower() not in SAVE_FORMATS:
+        raise ImageError(
+            f"{path}: unsupported output format {path.suffix or '(none)'!r}; "
+            f"use one of {', '.join(sorted(SAVE_FORMATS))}"
+        )
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ImageError(f"{path}: folder {parent} does not exist")
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """Decode an image file fully into an 8-bit RGB PIL image, upright per its EXIF orientation.
+
+    Transparent images are composited over white; L, LA, P, CMYK and 16-bit greyscale become RGB.
+    Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is enforced as an error, not the
+    warning Pillow gives between 1x and 2x the limit.
+    """
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if not path.is_file():
+        raise ImageError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()  # decode now: a truncated file fails here, not later
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(
+            f"{path}: too many pixels, refusing a possible decompression bomb ({err})"
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        # Pillow reports truncated or corrupt data as OSError ("image file is truncated") and
+        # some malformed headers as SyntaxError/ValueError.
+        raise ImageError(f"{path}: cannot decode image ({err})") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit greyscale: Pillow's own convert clips at 255; scale the full range instead.
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.clip(arr / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "F":
+        arr = np.clip(np.asarray(img, dtype=np.float64) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("LA", "La", "PA", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_long_edge(img: Image.Image, long_edge: int) -> Image.Image:
+    """Resize so the longer side is ``long_edge`` pixels, keeping the aspect ratio."""
+    w, h = img.size
+    scale = long_edge / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        return img
+    return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def to_tensor(img: Image.Image) -> Tensor:
+    """RGB PIL image -> (1, 3, H, W) float32 in [0, 1]."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """(1, 3, H, W) or (3, H, W) in [0, 1] -> RGB PIL image (rounded, not truncated)."""
+    if image.dim() == 4:
+        image = image[0]
+    arr = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return Image.fromarray(arr.permute(1, 2, 0).cpu().numpy(), mode="RGB")
+
+
+def load_image(path: Path, long_edge: int | None = None) -> Tensor:
+    """Read an image file as (1, 3, H, W) float32 RGB in [0, 1], optionally resized."""
+    img = open_rgb(Path(path))
+    if long_edge is not None:
+        img = resize_long_edge(img, long_edge)
+    return to_tensor(img)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes so a reader sees either the old file or the whole new one, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_image(image: Tensor, path: Path) -> None:
+    """Save (1, 3, H, W) in [0, 1] atomically, format chosen by the extension."""
+    path = Path(path)
+    check_output_path(path)
+    fmt, options = SAVE_FORMATS[path.suffix.lower()]
+    buf = io.BytesIO()
+    to_pil(image).save(buf, format=fmt, **options)
+    write_atomic(path, buf.getvalue())

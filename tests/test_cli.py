@@ -1,0 +1,146 @@
+"""The CLI as a user runs it: CliRunner for most cases, a real subprocess for Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from nst_batch import __version__
+from nst_batch.cli import app
+from nst_batch.engine.weights import BUNDLED_SHA256
+from tests.test_images import bad_inputs
+
+runner = CliRunner()
+
+
+def invoke(*args: str | Path):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_stylize_writes_image_and_sidecar(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    content, style = pair
+    out = tmp_path / "out.png"
+    result = invoke("stylize", content, style, "-o", out, "--size", 48, "--steps", 4, "--seed", 3)
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (48, 32)  # long edge 48, content is 3:2
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["parameters"]["size"] == 48 and meta["parameters"]["seed"] == 3
+    assert meta["parameters"]["optim"]["steps"] == 4
+    assert meta["weights"] == {
+        "source": "bundled",
+        "sha256": BUNDLED_SHA256,
+        "preprocessing": meta["weights"]["preprocessing"],
+    }
+    assert meta["inputs"]["content"]["original_size"] == [96, 64]
+    assert meta["inputs"]["content"]["size"] == [48, 32]
+    assert meta["output"]["size"] == [48, 32]
+    assert meta["device"] == "cpu" and meta["torch_version"] == torch.__version__
+    assert meta["steps_completed"] == 4 and meta["interrupted"] is False
+    assert meta["seconds_per_iteration"] > 0 and meta["wall_seconds"] > 0
+    assert [h["step"] for h in meta["loss_history"]] == [1, 2, 3, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["content.png", "style.jpg", "out.png", "out.json"]
+    )
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".webp"])
+def test_output_format_by_extension(pair: tuple[Path, Path], tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"out{suffix}"
+    result = invoke("stylize", *pair, "-o", out, "--size", 32, "--steps", 1)
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).format == {".jpg": "JPEG", ".webp": "WEBP"}[suffix]
+
+
+def test_each_bad_image_exits_1_with_one_line(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    content, style = pair
+    (tmp_path / "bad").mkdir()
+    for case, (bad, fragment) in bad_inputs(tmp_path / "bad").items():
+        for args in ((bad, style), (content, bad)):
+            out = tmp_path / "out.png"
+            result = invoke("stylize", *args, "-o", out, "--size", 32, "--steps", 1)
+            assert result.exit_code == 1, (case, result.output)
+            lines = result.output.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error:"), (case, result.output)
+            assert fragment in result.output, case
+            assert not out.exists(), case
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["-o", "out.gif"], "unsupported output format"),
+        (["-o", "missing-dir/out.png"], "does not exist"),
+        (["-o", "out.png", "--steps", "0"], "steps must be at least 1"),
+        (["-o", "out.png", "--size", "4"], "size must be between"),
+        (["-o", "out.png", "--style-weight", "-1"], "must not be negative"),
+        (["-o", "out.png", "--weights", "nowhere.pth"], "does not exist"),
+        (["-o", "out.png", "--weights", "vgg.h5"], "expected 'bundled'"),
+        (["-o", "out.png", "--init", "nowhere.png"], "no such file"),
+    ],
+)
+def test_bad_settings_exit_1(
+    pair: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args, fragment
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = invoke("stylize", *pair, *args)
+    assert result.exit_code == 1, result.output
+    assert fragment in result.output
+    assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_gpu_is_a_clear_error(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    result = invoke("stylize", *pair, "-o", tmp_path / "o.png", "--device", "cuda")
+    assert result.exit_code == 1 and "no CUDA GPU" in result.output
+
+
+def test_usage_errors_exit_2(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    result = invoke("stylize", *pair, "-o", tmp_path / "o.png", "--optimizer", "sgd")
+    assert result.exit_code == 2
+
+
+def test_version() -> None:
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"nst-batch {__version__}"
+
+
+def test_demo_runs_on_built_in_inputs(tmp_path: Path) -> None:
+    result = invoke("demo", "-o", tmp_path, "--size", 32, "--steps", 2)
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "content.png").size == (512, 600)  # matplotlib's Grace Hopper
+    assert Image.open(tmp_path / "style.png").size == (512, 512)
+    assert Image.open(tmp_path / "stylized.png").size == (27, 32)
+    assert (tmp_path / "stylized.json").is_file()
+
+
+def test_ctrl_c_saves_best_image_and_exits_130(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """A real process and a real SIGINT, sent once optimization is under way."""
+    out = tmp_path / "out.png"
+    cmd = [sys.executable, "-m", "nst_batch", "stylize", *map(str, pair), "-o", str(out)]
+    cmd += ["--size", "48", "--steps", "100000"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # non-terminal stderr gets plain progress lines
+            if line.startswith("step "):
+                break
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert code == 130, rest
+    assert "interrupted; saved best image" in rest
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["interrupted"] is True and meta["steps_completed"] >= 1
+    assert Image.open(out).size == (48, 32)

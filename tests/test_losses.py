@@ -1,0 +1,114 @@
+"""Loss functions against hand-computed values and finite differences (tiny, fast)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nst_batch.engine.losses import (
+    LossConfig,
+    Targets,
+    content_loss,
+    gram,
+    objective,
+    style_loss,
+    tv_loss,
+)
+
+
+def test_gram_by_hand() -> None:
+    f = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 2, 1, 2)  # C=2, H=1, W=2
+    # F F^T = [[1+4, 3+8], [3+8, 9+16]], divided by H*W = 2
+    assert torch.equal(gram(f), torch.tensor([[[2.5, 5.5], [5.5, 12.5]]]))
+
+
+def test_gram_is_batched_and_float32() -> None:
+    f = torch.randn(3, 4, 5, 6, dtype=torch.bfloat16)
+    g = gram(f)
+    assert g.shape == (3, 4, 4) and g.dtype == torch.float32
+    assert torch.allclose(g[1], gram(f[1:2])[0])
+
+
+def test_content_loss_by_hand() -> None:
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 2, 2)
+    t = torch.full((1, 1, 2, 2), 2.0)
+    # diffs -1, 0, 1, 2 -> squares 1, 0, 1, 4
+    assert content_loss(x, t, "mse").item() == pytest.approx(6 / 4)
+    assert content_loss(x, t, "relative").item() == pytest.approx(6 / 16)
+
+
+def test_style_loss_by_hand() -> None:
+    g = torch.tensor([[[2.0, 0.0], [0.0, 2.0]]])
+    a = torch.tensor([[[1.0, 1.0], [1.0, 1.0]]])
+    # diffs 1, -1, -1, 1 -> sum of squares 4, target energy 4
+    assert style_loss(g, a, "mse").item() == pytest.approx(1.0)
+    assert style_loss(g, a, "relative").item() == pytest.approx(1.0)
+    assert style_loss(a, a, "relative").item() == 0.0
+
+
+def test_relative_loss_is_per_image_of_the_batch() -> None:
+    t = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 10.0)])
+    x = t * 1.5  # each image 50% off: relative error 0.25 for both, whatever their scale
+    assert content_loss(x, t).item() == pytest.approx(0.25)
+
+
+def test_tv_by_hand() -> None:
+    img = torch.tensor([[0.0, 1.0], [2.0, 4.0]]).view(1, 1, 2, 2)
+    # L2: one position with both neighbours: dx = 1, dy = 2 -> 1 + 4 = 5
+    assert tv_loss(img, "l2").item() == pytest.approx(5.0)
+    assert tv_loss(img, "l2", exponent=1.25).item() == pytest.approx(5.0**1.25, rel=1e-6)
+    # L1: mean |dx| over rows (1, 2) + mean |dy| over columns (2, 3)
+    assert tv_loss(img, "l1").item() == pytest.approx(1.5 + 2.5)
+    assert tv_loss(torch.ones(1, 3, 8, 8)).item() == 0.0
+
+
+def test_objective_weights_the_terms() -> None:
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 8, 8)
+    feats = {"relu1_1": torch.rand(1, 4, 8, 8), "relu2_1": torch.rand(1, 6, 4, 4)}
+    targets = Targets(
+        content={"relu2_1": torch.rand(1, 6, 4, 4)},
+        style={"relu1_1": gram(torch.rand(1, 4, 8, 8)), "relu2_1": gram(torch.rand(1, 6, 4, 4))},
+    )
+    cfg = LossConfig(
+        content_layers=(("relu2_1", 1.0),),
+        style_layers=(("relu1_1", 0.25), ("relu2_1", 0.75)),
+        content_weight=2.0,
+        style_weight=30.0,
+        tv_weight=0.5,
+        tv_kind="l1",
+    )
+    terms = objective(image, feats, targets, cfg)
+    c = content_loss(feats["relu2_1"], targets.content["relu2_1"])
+    s = 0.25 * style_loss(gram(feats["relu1_1"]), targets.style["relu1_1"]) + 0.75 * style_loss(
+        gram(feats["relu2_1"]), targets.style["relu2_1"]
+    )
+    assert terms.content.item() == pytest.approx(2.0 * c.item(), rel=1e-6)
+    assert terms.style.item() == pytest.approx(30.0 * s.item(), rel=1e-6)
+    assert terms.tv.item() == pytest.approx(0.5 * tv_loss(image, "l1").item(), rel=1e-6)
+    assert terms.total.item() == pytest.approx(
+        terms.content.item() + terms.style.item() + terms.tv.item(), rel=1e-6
+    )
+    zero_style = objective(image, feats, targets, LossConfig(**{**cfg.__dict__, "style_weight": 0}))
+    assert zero_style.style.item() == 0.0
+
+
+@pytest.mark.parametrize("normalization", ["relative", "mse"])
+def test_loss_gradients_match_finite_differences(normalization: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 5, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    t = torch.rand(1, 3, 5, 4, dtype=torch.float64, generator=gen)
+    assert torch.autograd.gradcheck(lambda a: content_loss(a, t, normalization), (x,))
+    assert torch.autograd.gradcheck(
+        lambda a: style_loss(gram(a).double(), gram(t).double(), normalization), (x,)
+    )
+    assert torch.autograd.gradcheck(lambda a: tv_loss(a, "l2", 1.25), (x,))
+    assert torch.autograd.gradcheck(lambda a: tv_loss(a, "l1"), (x,))
+
+
+def test_tv_exponent_below_one_has_finite_gradient_on_flat_image() -> None:
+    x = torch.full((1, 3, 4, 4), 0.5, requires_grad=True)
+    tv_loss(x, "l2", exponent=0.5).backward()
+    assert x.grad is not None and all(math.isfinite(v) for v in x.grad.flatten().tolist())
