@@ -197,5 +197,26 @@ def demo_command(
     _run_stylize(content_path, style_path, output_dir / "stylized.png", config)
 
 
+@app.command("weights")
+def weights_command(
+    weights: str = typer.Option(
+        "bundled", help="bundled, torchvision, or a .pth/.safetensors path."
+    ),
+) -> None:
+    """Load (download, decode, cache) a weights source now and print what it is."""
+    from nst_batch.engine.weights import default_cache_dir, load_weights, resolve_source
+
+    try:
+        loaded = load_weights(resolve_source(weights))
+    except NstError as err:
+        raise _fail(str(err)) from None
+    print(f"source:        {loaded.source.name}")
+    print(f"sha256:        {loaded.sha256}")
+    print(f"preprocessing: {loaded.source.preprocessing}")
+    print(f"conv layers:   {sum(k.endswith('.weight') for k in loaded.state)}")
+    if loaded.source.kind == "bundled":
+        print(f"decoded cache: {default_cache_dir()}")
+
+
 def main() -> None:
     app()

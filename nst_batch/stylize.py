@@ -37,6 +37,7 @@ class ModelConfig:
     weights: str = "bundled"  # "bundled", "torchvision" or a path to a torchvision-layout file
     pooling: Pooling = "max"
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
+    channels_last: bool = True  # NHWC activations; measured faster on CPU (benchmarks/cpu.py)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,9 @@ def load_model(
 ) -> tuple[VGG19Features, Weights]:
     """A frozen VGG19 truncated after the deepest of ``layers``, on ``device``."""
     weights = load_weights(resolve_source(config.weights))
-    model = VGG19Features(layers, weights.source.normalization, config.pooling)
+    model = VGG19Features(
+        layers, weights.source.normalization, config.pooling, config.channels_last
+    )
     try:
         load_state(model, weights.state, source=weights.source.name)
     except ValueError as err:

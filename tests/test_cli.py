@@ -144,3 +144,21 @@ def test_ctrl_c_saves_best_image_and_exits_130(pair: tuple[Path, Path], tmp_path
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["interrupted"] is True and meta["steps_completed"] >= 1
     assert Image.open(out).size == (48, 32)
+
+
+def test_weights_command_reports_the_source() -> None:
+    result = invoke("weights")
+    assert result.exit_code == 0, result.output
+    assert f"sha256:        {BUNDLED_SHA256}" in result.output
+    assert "conv layers:   16" in result.output
+    assert invoke("weights", "--weights", "nowhere.pth").exit_code == 1
+
+
+def test_init_from_an_image_file(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    content, style = pair
+    out = tmp_path / "from-style.png"
+    result = invoke(
+        "stylize", content, style, "-o", out, "--size", 32, "--steps", 1, "--init", style
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.with_suffix(".json").read_text())["parameters"]["init"] == str(style)
