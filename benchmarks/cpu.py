@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.report import Report
 from nst_batch.demo import content_photo, swirl_painting
 from nst_batch.engine.losses import LossConfig
 from nst_batch.engine.optimize import OptimConfig
@@ -76,7 +77,7 @@ def main() -> None:
     device = torch.device(args.device)
 
     decode, cached = startup_times()
-    lines = [
+    report = Report(
         f"# nst-batch per-iteration time ({device.type})",
         "",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -87,17 +88,14 @@ def main() -> None:
         "",
         "| size (W x H) | layout | s / iteration | iterations / s |",
         "|---|---|---|---|",
-    ]
-    print("\n".join(lines), flush=True)
+    )
     for size in (int(s) for s in args.sizes.split(",")):
         for channels_last in (False, True):
             sec, shape = seconds_per_iteration(size, args.iters, device, channels_last)
             layout = "channels_last" if channels_last else "contiguous"
             row = f"| {shape} | {layout} | {sec:.3f} | {1 / sec:.2f} |"
-            print(row, flush=True)
-            lines.append(row)
-    if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
+            report.add(row)
+    report.save(args.out)
 
 
 if __name__ == "__main__":

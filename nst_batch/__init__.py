@@ -5,19 +5,30 @@ __version__ = "0.1.0"
 from nst_batch.engine.losses import LossConfig
 from nst_batch.engine.optimize import OptimConfig, Progress
 from nst_batch.errors import ConfigError, ImageError, NstError, WeightsError
-from nst_batch.stylize import ModelConfig, StylizeConfig, StylizeResult, stylize
+from nst_batch.presets import PRESETS
+from nst_batch.stylize import (
+    ModelConfig,
+    OutputConfig,
+    StylizeConfig,
+    StylizeResult,
+    build_config,
+    stylize,
+)
 
 __all__ = [
+    "PRESETS",
     "ConfigError",
     "ImageError",
     "LossConfig",
     "ModelConfig",
     "NstError",
     "OptimConfig",
+    "OutputConfig",
     "Progress",
     "StylizeConfig",
     "StylizeResult",
     "WeightsError",
     "__version__",
+    "build_config",
     "stylize",
 ]

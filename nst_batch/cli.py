@@ -20,11 +20,17 @@ from rich.progress import (
 )
 
 from nst_batch import __version__
-from nst_batch.engine.losses import LossConfig
-from nst_batch.engine.optimize import OptimConfig
 from nst_batch.engine.optimize import Progress as Step
-from nst_batch.errors import NstError
-from nst_batch.stylize import ModelConfig, StylizeConfig, StylizeResult, sidecar_path
+from nst_batch.errors import ConfigError, NstError
+from nst_batch.presets import PRESETS, parse_floats, parse_layers
+from nst_batch.stylize import (
+    ModelConfig,
+    OutputConfig,
+    StylizeConfig,
+    StylizeResult,
+    build_config,
+    sidecar_path,
+)
 
 app = typer.Typer(
     name="nst-batch",
@@ -55,6 +61,11 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _at(p: Step) -> str:
+    """ " @256x192" for the pyramid level being optimized."""
+    return f" @{p.image.shape[-1]}x{p.image.shape[-2]}" if p.image is not None else ""
+
+
 @contextmanager
 def _progress_reporter(label: str, log_every: int) -> Iterator[Callable[[Step], None]]:
     """A rich bar on a terminal; plain log lines (every ``log_every`` steps) otherwise."""
@@ -64,7 +75,7 @@ def _progress_reporter(label: str, log_every: int) -> Iterator[Callable[[Step], 
         def log(p: Step) -> None:
             if p.step == 1 or p.step % log_every == 0 or p.step == p.total:
                 print(
-                    f"step {p.step}/{p.total} loss={p.loss:.4g} content={p.content:.4g} "
+                    f"step {p.step}/{p.total}{_at(p)} loss={p.loss:.4g} content={p.content:.4g} "
                     f"style={p.style:.4g} tv={p.tv:.4g} elapsed={p.elapsed:.1f}s",
                     file=sys.stderr,
                     flush=True,
@@ -84,7 +95,7 @@ def _progress_reporter(label: str, log_every: int) -> Iterator[Callable[[Step], 
         task = bar.add_task(label, total=None, losses="loading")
 
         def update(p: Step) -> None:
-            losses = f"loss {p.loss:.4g} (c {p.content:.3g} s {p.style:.3g} tv {p.tv:.3g})"
+            losses = f"{_at(p)} loss {p.loss:.4g} (c {p.content:.3g} s {p.style:.3g} tv {p.tv:.3g})"
             bar.update(task, completed=p.step, total=p.total, losses=losses)
 
         yield update
@@ -92,22 +103,28 @@ def _progress_reporter(label: str, log_every: int) -> Iterator[Callable[[Step], 
 
 def _report(result: StylizeResult, output: Path) -> None:
     meta = result.metadata
-    console = _stderr()
     verb = "interrupted; saved best image so far to" if result.interrupted else "wrote"
-    console.print(
-        f"{verb} {output} ({meta['steps_completed']} steps, "
-        f"{meta['seconds_per_iteration'] or 0:.3f} s/it on {meta['device']}) "
+    final = meta["pyramid"][-1]["seconds_per_iteration"] or 0.0
+    _stderr().print(
+        f"{verb} {output} ({meta['steps_completed']} steps, {meta['stop_reason']}; "
+        f"{final:.3f} s/it at {meta['pyramid'][-1]['long_edge']} px on {meta['device']}) "
         f"and {sidecar_path(output)}",
         soft_wrap=True,
     )
 
 
-def _run_stylize(content: Path, style: Path, output: Path, config: StylizeConfig) -> None:
+def _run_stylize(
+    content: Path,
+    styles: list[Path],
+    output: Path,
+    config: StylizeConfig,
+    outputs: OutputConfig | None = None,
+) -> None:
     from nst_batch.stylize import stylize
 
     try:
         with _progress_reporter(output.name, log_every=max(1, config.optim.steps // 20)) as report:
-            result = stylize(content, style, output, config, progress=report)
+            result = stylize(content, styles, output, config, progress=report, outputs=outputs)
     except NstError as err:
         raise _fail(str(err)) from None
     except KeyboardInterrupt:
@@ -132,44 +149,156 @@ def main_callback(
     """Neural style transfer (Gatys et al.) with real VGG19 weights."""
 
 
+class Reconstruct(str, Enum):
+    content = "content"
+    style = "style"
+
+
 @app.command("stylize")
 def stylize_command(
     content: Path = typer.Argument(..., help="Content image (any format Pillow reads)."),
-    style: Path = typer.Argument(..., help="Style image."),
+    style: Path | None = typer.Argument(None, help="Style image (or give --style, repeatable)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output image: .png, .jpg or .webp."),
-    size: int = typer.Option(512, help="Long edge of the output in pixels."),
-    steps: int = typer.Option(300, help="Optimizer iterations."),
-    optimizer: OptimizerChoice = typer.Option(OptimizerChoice.lbfgs, help="lbfgs or adam."),
-    lr: float | None = typer.Option(None, help="Step size (default 1.0 for L-BFGS, 0.02 Adam)."),
-    content_weight: float = typer.Option(LossConfig.content_weight, help="Weight of content."),
-    style_weight: float = typer.Option(
-        LossConfig.style_weight, help="Weight of style (relative Gram error); higher = more style."
+    styles: list[Path] | None = typer.Option(
+        None, "--style", help="A style image; repeat to blend several."
     ),
-    tv_weight: float = typer.Option(LossConfig.tv_weight, help="Weight of total variation."),
-    init: str = typer.Option("content", help="Start image: content, noise or an image path."),
-    seed: int = typer.Option(0, help="Seed for noise init; same seed, same CPU result."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
-    weights: str = typer.Option(
-        "bundled",
-        help="bundled (original VGG19, offline), torchvision, or a .pth/.safetensors path.",
+    style_blend: str | None = typer.Option(
+        None, help="Blend weights of the style images, e.g. 0.7,0.3 (default: equal)."
     ),
-    pooling: PoolingChoice = typer.Option(PoolingChoice.max, help="max or avg pooling."),
+    style_scale: float | None = typer.Option(
+        None, help="Style image size relative to the output (0.5 = finer brush strokes)."
+    ),
+    preserve_colors: bool = typer.Option(
+        False, "--preserve-colors", help="Keep the content's colours (stylized luminance only)."
+    ),
+    preset: str = typer.Option("default", help="Recipe to start from: see `nst-batch presets`."),
+    size: int | None = typer.Option(None, help="Long edge of the output in pixels [512]."),
+    steps: int | None = typer.Option(None, help="Iterations at the final scale [preset]."),
+    optimizer: OptimizerChoice | None = typer.Option(None, help="lbfgs or adam [preset]."),
+    lr: float | None = typer.Option(None, help="Step size [1.0 for L-BFGS, 0.02 Adam]."),
+    content_weight: float | None = typer.Option(None, help="Weight of content [preset]."),
+    style_weight: float | None = typer.Option(
+        None, help="Weight of style [preset; 10 by default, higher = more style]."
+    ),
+    tv_weight: float | None = typer.Option(None, help="Weight of total variation [preset]."),
+    content_layers: str | None = typer.Option(
+        None, help="Content layers with optional weights, e.g. relu4_2 or relu3_1:0.5,relu4_2."
+    ),
+    style_layers: str | None = typer.Option(
+        None, help="Style layers with weights, e.g. relu1_1:0.2,relu2_1:0.2,relu3_1:0.2."
+    ),
+    init: str | None = typer.Option(None, help="Start image: content, noise or a path [preset]."),
+    seed: int | None = typer.Option(None, help="Seed for noise init; same seed, same CPU result."),
+    scales: int | None = typer.Option(
+        None, help="Coarse-to-fine levels (1 = off) [auto: on from 384 px]."
+    ),
+    scale_steps: int | None = typer.Option(
+        None, help="Iterations at each coarser scale [half of --steps]."
+    ),
+    ema: float | None = typer.Option(
+        None, help="Average the iterates with this decay (e.g. 0.9) [off]."
+    ),
+    max_seconds: float | None = typer.Option(None, help="Time budget for the optimization."),
+    tolerance: float | None = typer.Option(
+        None, help="Stop early when the loss improves less than this fraction over --window."
+    ),
+    window: int | None = typer.Option(None, help="Steps over which --tolerance is judged [50]."),
+    save_every: int = typer.Option(0, help="Also save every N-th iterate as OUT.<step>.png."),
+    sheet: bool = typer.Option(
+        False, "--sheet", help="Also write OUT.sheet.png (inputs | result) and OUT.loss.png."
+    ),
+    reconstruct: Reconstruct | None = typer.Option(
+        None, help="content: content-only from noise (no style needed); style: style-only."
+    ),
+    device: str | None = typer.Option(None, help="auto, cpu or cuda[:N] [auto]."),
+    weights: str | None = typer.Option(
+        None, help="bundled (original VGG19, offline), torchvision, or a .pth/.safetensors path."
+    ),
+    pooling: PoolingChoice | None = typer.Option(None, help="max or avg pooling [preset]."),
 ) -> None:
     """Stylize CONTENT with the look of STYLE; writes OUTPUT and OUTPUT.json (all parameters)."""
+    style_list = ([style] if style else []) + list(styles or [])
     try:
-        config = StylizeConfig(
-            size=size,
-            init=init,
-            seed=seed,
-            model=ModelConfig(weights=weights, pooling=pooling.value, device=device),
-            loss=LossConfig(
-                content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight
-            ),
-            optim=OptimConfig(optimizer=optimizer.value, steps=steps, lr=lr),
-        )
+        overrides = {
+            "size": size,
+            "steps": steps,
+            "optimizer": optimizer.value if optimizer else None,
+            "lr": lr,
+            "content_weight": content_weight,
+            "style_weight": style_weight,
+            "tv_weight": tv_weight,
+            "content_layers": parse_layers(content_layers) if content_layers else None,
+            "style_layers": parse_layers(style_layers) if style_layers else None,
+            "init": init,
+            "seed": seed,
+            "style_blend": parse_floats(style_blend) if style_blend else None,
+            "style_scale": style_scale,
+            "preserve_colors": preserve_colors or None,
+            "scales": scales,
+            "scale_steps": scale_steps,
+            "ema": ema,
+            "max_seconds": max_seconds,
+            "tolerance": tolerance,
+            "window": window,
+            "device": device,
+            "weights": weights,
+            "pooling": pooling.value if pooling else None,
+        }
+        if reconstruct is not None:
+            # Reconstruction from white noise, as in the paper's Fig. 1.
+            overrides["init"] = init or "noise"
+            overrides["content_weight" if reconstruct == "style" else "style_weight"] = 0.0
+            if reconstruct == "content" and not style_list:
+                style_list = [content]  # unused at weight 0; only its presence is checked
+        config = build_config(preset, **overrides)
     except NstError as err:
         raise _fail(str(err)) from None
-    _run_stylize(content, style, output, config)
+    if not style_list:
+        raise _fail("give a STYLE image (or --style PATH)", 2)
+    outputs = OutputConfig(save_every=save_every, sheet=sheet)
+    _run_stylize(content, style_list, output, config, outputs)
+
+
+@app.command("presets")
+def presets_command() -> None:
+    """List the named recipes (use with --preset)."""
+    from rich.table import Table
+
+    table = Table("preset", "what it is", "steps", "init", show_lines=True)
+    for p in PRESETS.values():
+        table.add_row(p.name, p.description, str(p.optim.steps), p.init)
+    Console().print(table)
+
+
+@app.command("features")
+def features_command(
+    image: Path = typer.Argument(..., help="Image to look at."),
+    output: Path = typer.Option(..., "--output", "-o", help="Grid image to write (.png)."),
+    layers: str = typer.Option(
+        "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1", help="Layers, one row each."
+    ),
+    channels: int = typer.Option(8, help="Most active feature maps shown per layer."),
+    size: int = typer.Option(256, help="Long edge the image is analysed at."),
+    weights: str = typer.Option("bundled", help="bundled, torchvision or a path."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+) -> None:
+    """Draw the feature maps of chosen VGG19 layers for IMAGE, one row per layer."""
+    from nst_batch.features import feature_grid
+    from nst_batch.images import check_output_path, load_image, save_pil
+    from nst_batch.stylize import load_model, resolve_device
+
+    try:
+        names = tuple(name for name, _ in parse_layers(layers))
+        if not 1 <= channels <= 64:
+            raise ConfigError("channels must be between 1 and 64")
+        check_output_path(output)
+        picture = load_image(image, size)
+        torch_device = resolve_device(device)
+        model, _ = load_model(ModelConfig(weights=weights), names, torch_device)
+        save_pil(feature_grid(picture.to(torch_device), model, names, channels), output)
+    except NstError as err:
+        raise _fail(str(err)) from None
+    _stderr().print(f"wrote {output} ({len(names)} layers x {channels} feature maps)")
 
 
 @app.command("demo")
@@ -188,13 +317,12 @@ def demo_command(
         content_path, style_path = output_dir / "content.png", output_dir / "style.png"
         save_image(to_tensor(content_photo()), content_path)
         save_image(to_tensor(swirl_painting()), style_path)
-        config = StylizeConfig(
-            size=size, model=ModelConfig(device=device), optim=OptimConfig(steps=steps)
-        )
+        config = build_config(size=size, steps=steps, device=device)
     except NstError as err:
         raise _fail(str(err)) from None
     _stderr().print(f"inputs: {content_path} + {style_path}")
-    _run_stylize(content_path, style_path, output_dir / "stylized.png", config)
+    outputs = OutputConfig(sheet=True)
+    _run_stylize(content_path, [style_path], output_dir / "stylized.png", config, outputs)
 
 
 @app.command("weights")

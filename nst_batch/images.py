@@ -136,11 +136,16 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def save_image(image: Tensor, path: Path) -> None:
-    """Save (1, 3, H, W) in [0, 1] atomically, format chosen by the extension."""
+def save_pil(img: Image.Image, path: Path) -> None:
+    """Save a PIL image atomically, format chosen by the extension."""
     path = Path(path)
     check_output_path(path)
     fmt, options = SAVE_FORMATS[path.suffix.lower()]
     buf = io.BytesIO()
-    to_pil(image).save(buf, format=fmt, **options)
+    img.save(buf, format=fmt, **options)
     write_atomic(path, buf.getvalue())
+
+
+def save_image(image: Tensor, path: Path) -> None:
+    """Save (1, 3, H, W) in [0, 1] atomically, format chosen by the extension."""
+    save_pil(to_pil(image), path)

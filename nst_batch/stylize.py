@@ -5,16 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from nst_batch import __version__
+from nst_batch.color import preserve_colors
 from nst_batch.engine.losses import LossConfig, LossTerms, compute_targets, objective
 from nst_batch.engine.optimize import OptimConfig, OptimizeResult, Progress, optimize
 from nst_batch.engine.vgg import Pooling, VGG19Features, load_state
@@ -28,8 +30,11 @@ from nst_batch.images import (
     to_tensor,
     write_atomic,
 )
+from nst_batch.presets import get_preset, override
 
 HISTORY_POINTS = 200  # loss-history samples kept in the sidecar
+AUTO_SCALES_FROM = 384  # outputs at least this large are optimized coarse to fine by default
+SMALLEST_SCALE = 128  # the coarsest scale's long edge is at least this
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,12 @@ class StylizeConfig:
     size: int = 512  # long edge of the output, in pixels
     init: str = "content"  # "content", "noise" or a path to an image
     seed: int = 0
+    preset: str = "default"  # the recipe these settings started from (for the record)
+    style_blend: tuple[float, ...] | None = None  # one weight per style image; None = equal
+    style_scale: float = 1.0  # style image long edge, relative to the output's (at each scale)
+    preserve_colors: bool = False  # keep the output's luminance with the content's chroma
+    scales: int | None = None  # coarse-to-fine pyramid levels; None = auto (on from 384 px)
+    scale_steps: int | None = None  # iterations at each coarser scale; None = half of steps
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -52,11 +63,52 @@ class StylizeConfig:
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 8192:
             raise ConfigError(f"size must be between 16 and 8192 pixels, not {self.size}")
-        for name in ("content_weight", "style_weight", "tv_weight"):
-            if getattr(self.loss, name) < 0:
-                raise ConfigError(f"{name} must not be negative")
-        if self.loss.tv_exponent <= 0:
-            raise ConfigError("tv_exponent must be positive")
+        if not 0.05 <= self.style_scale <= 8:
+            raise ConfigError(f"style_scale must be between 0.05 and 8, not {self.style_scale}")
+        if self.scales is not None and not 1 <= self.scales <= 6:
+            raise ConfigError(f"scales must be between 1 and 6, not {self.scales}")
+        if self.scale_steps is not None and self.scale_steps < 1:
+            raise ConfigError(f"scale_steps must be at least 1, not {self.scale_steps}")
+        if self.style_blend is not None and (
+            min(self.style_blend, default=-1) < 0 or sum(self.style_blend) <= 0
+        ):
+            raise ConfigError(f"style_blend needs non-negative weights, not {self.style_blend}")
+
+    def pyramid(self) -> tuple[int, ...]:
+        """Long edge of each scale, coarse to fine, ending at ``size``."""
+        if self.scales is None:
+            n = 1
+            if self.size >= AUTO_SCALES_FROM:
+                while self.size // 2**n >= SMALLEST_SCALE:
+                    n += 1
+        else:
+            n = self.scales
+        return tuple(max(16, round(self.size / 2**k)) for k in reversed(range(n)))
+
+    def steps_at(self, scale_index: int, n_scales: int) -> int:
+        if scale_index == n_scales - 1:
+            return self.optim.steps
+        return self.scale_steps or max(1, self.optim.steps // 2)
+
+
+def build_config(preset: str = "default", **overrides: Any) -> StylizeConfig:
+    """A preset's config with flat overrides (``steps=100, style_weight=30, pooling="avg"``).
+
+    ``None`` values are ignored, so callers can pass every option they parsed.
+    """
+    p = get_preset(preset)
+    base = StylizeConfig(
+        preset=p.name, init=p.init, model=ModelConfig(pooling=p.pooling), loss=p.loss, optim=p.optim
+    )
+    return override(base, {k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What a job writes besides the image and its sidecar."""
+
+    save_every: int = 0  # also save the iterate every N steps as OUT.<step>.png; 0 = never
+    sheet: bool = False  # OUT.sheet.png (content | styles | result) and OUT.loss.png
 
 
 @dataclass
@@ -110,24 +162,99 @@ def initial_image(init: str, content: Tensor, seed: int) -> Tensor:
     return to_tensor(img).to(content.device)
 
 
+def resize_to(image: Tensor, long_edge: int) -> Tensor:
+    """Resize (B, 3, H, W) so its long edge is ``long_edge``, antialiased."""
+    h, w = image.shape[-2:]
+    scale = long_edge / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if size == (h, w):
+        return image
+    return F.interpolate(image, size=size, mode="bicubic", antialias=True).clamp(0, 1)
+
+
 def stylize_tensors(
     content: Tensor,
-    style: Tensor,
+    styles: Tensor | Sequence[Tensor],
     config: StylizeConfig,
     model: VGG19Features,
     progress: Callable[[Progress], None] | None = None,
 ) -> OptimizeResult:
-    """Optimize an image (1, 3, H, W) like ``content`` towards ``style``'s Gram statistics."""
+    """Optimize an image shaped like ``content`` (1, 3, H, W) towards the styles' Gram statistics.
+
+    ``content`` is at the output size; each style image (1, 3, h, w) at any size is resized to
+    ``style_scale`` times the output's long edge. With several scales the image is optimized at
+    each size of :meth:`StylizeConfig.pyramid` in turn, the result of one upsampled as the start
+    of the next, with targets taken anew at every size. Steps in the reported progress count
+    across all scales.
+    """
     device = next(model.parameters()).device
-    content, style = content.to(device), style.to(device)
-    with torch.no_grad():
-        targets = compute_targets(model(content), model(style), config.loss)
+    styles = [styles] if isinstance(styles, Tensor) else list(styles)
+    content = content.to(device)
+    pyramid = config.pyramid()
+    steps = [config.steps_at(i, len(pyramid)) for i in range(len(pyramid))]
+    # Time budget shares follow each scale's cost (pixels x steps).
+    costs = [s * s * n for s, n in zip(pyramid, steps, strict=True)]
+    start = time.perf_counter()
+    offset, history = 0, []
+    image: Tensor | None = None
+    result: OptimizeResult | None = None
+    for i, long_edge in enumerate(pyramid):
+        level_content = resize_to(content, long_edge)
+        style_edge = max(16, round(config.style_scale * long_edge))
+        with torch.no_grad():
+            targets = compute_targets(
+                model(level_content),
+                [model(resize_to(s.to(device), style_edge)) for s in styles],
+                config.loss,
+                config.style_blend,
+            )
 
-    def loss_fn(x: Tensor) -> LossTerms:
-        return objective(x, model(x), targets, config.loss)
+        def loss_fn(x: Tensor, targets: Any = targets) -> LossTerms:
+            return objective(x, model(x), targets, config.loss)
 
-    init = initial_image(config.init, content, config.seed)
-    return optimize(init, loss_fn, config.optim, progress)
+        if image is None:
+            init = initial_image(config.init, level_content, config.seed)
+        else:
+            init = F.interpolate(image, size=level_content.shape[-2:], mode="bicubic")
+        optim = config.optim
+        if optim.max_seconds is not None:
+            left = optim.max_seconds - (time.perf_counter() - start)
+            share = costs[i] / sum(costs[i:])
+            optim = dataclasses.replace(optim, max_seconds=max(left * share, 1e-3))
+        optim = dataclasses.replace(optim, steps=steps[i])
+        level_start = time.perf_counter()
+
+        def globally(
+            p: Progress, level: int = i, offset: int = offset, level_start: float = level_start
+        ) -> Progress:
+            # Steps and seconds count across the whole pyramid.
+            elapsed = p.elapsed + (level_start - start)
+            return dataclasses.replace(
+                p, step=offset + p.step, total=sum(steps), elapsed=elapsed, scale=level
+            )
+
+        def report(p: Progress, globally: Callable[[Progress], Progress] = globally) -> None:
+            if progress is not None:
+                progress(globally(p))
+
+        result = optimize(init, loss_fn, optim, report)
+        history += [dataclasses.replace(globally(p), image=None) for p in result.history]
+        offset += steps[i]
+        image = result.image
+        if result.stop_reason in ("interrupted", "time"):
+            break
+    assert result is not None and image is not None
+    if image.shape[-2:] != content.shape[-2:]:  # stopped at a coarse scale
+        image = F.interpolate(image, size=content.shape[-2:], mode="bicubic").clamp(0, 1)
+    if config.preserve_colors:
+        image = preserve_colors(image, content)
+    return dataclasses.replace(
+        result,
+        image=image,
+        steps=len(history),
+        elapsed=time.perf_counter() - start,
+        history=history,
+    )
 
 
 def sidecar_path(output: Path) -> Path:
@@ -136,47 +263,101 @@ def sidecar_path(output: Path) -> Path:
 
 def stylize(
     content_path: Path,
-    style_path: Path,
+    style_paths: Path | Sequence[Path],
     output_path: Path,
     config: StylizeConfig,
     progress: Callable[[Progress], None] | None = None,
+    outputs: OutputConfig | None = None,
 ) -> StylizeResult:
-    """Stylize one pair of files and write ``output_path`` and its ``.json`` sidecar atomically.
+    """Stylize one content file with one or more style files; write the image and its sidecar.
 
     Inputs are checked and decoded before the model loads, so bad input fails in a second, not
     after a long run. Interrupted (Ctrl-C) runs still write the best image so far, flagged in the
     sidecar, and return with ``result.interrupted``.
     """
+    from nst_batch.sheet import loss_plot, snapshot_writer, write_sheet
+
     wall_start = time.perf_counter()
+    outputs = outputs or OutputConfig()
     output_path = Path(output_path)
+    style_paths = [Path(style_paths)] if isinstance(style_paths, (str, Path)) else style_paths
     check_output_path(output_path)
+    if not style_paths:
+        raise ConfigError("at least one style image is needed")
+    if config.style_blend is not None and len(config.style_blend) != len(style_paths):
+        raise ConfigError(
+            f"style_blend has {len(config.style_blend)} weights for {len(style_paths)} style images"
+        )
     if config.init not in ("content", "noise"):
         open_rgb(Path(config.init))  # fail now on a bad init image
-    content_img, style_img = open_rgb(Path(content_path)), open_rgb(Path(style_path))
+    content_img = open_rgb(Path(content_path))
+    style_imgs = [open_rgb(Path(p)) for p in style_paths]
     content_small = resize_long_edge(content_img, config.size)
-    style_small = resize_long_edge(style_img, config.size)
     device = resolve_device(config.model.device)
     model, weights = load_model(config.model, config.loss.layers, device)
 
-    result = stylize_tensors(
-        to_tensor(content_small), to_tensor(style_small), config, model, progress
-    )
+    callbacks = [c for c in (progress, snapshot_writer(output_path, outputs.save_every)) if c]
+
+    def report(p: Progress) -> None:
+        for callback in callbacks:
+            callback(p)
+
+    style_tensors = [to_tensor(img) for img in style_imgs]
+    result = stylize_tensors(to_tensor(content_small), style_tensors, config, model, report)
     image = result.image.cpu()
     save_image(image, output_path)
+    extra_files: dict[str, str] = {}
+    if outputs.sheet:
+        extra_files["sheet"] = str(
+            write_sheet(output_path, content_small, style_imgs, image, config)
+        )
+        plot = loss_plot(output_path, result.history)
+        extra_files["loss_plot"] = str(plot) if plot else "skipped: matplotlib is not installed"
     metadata = _metadata(
         config=config,
         weights=weights,
         device=device,
         inputs={
-            "content": (Path(content_path), content_img.size, content_small.size),
-            "style": (Path(style_path), style_img.size, style_small.size),
+            "content": [(Path(content_path), content_img.size, content_small.size)],
+            "styles": [
+                (Path(p), img.size, _style_size(img.size, content_small.size, config))
+                for p, img in zip(style_paths, style_imgs, strict=True)
+            ],
         },
         output_path=output_path,
         result=result,
         wall_seconds=time.perf_counter() - wall_start,
     )
+    metadata["files"] = extra_files
     write_atomic(sidecar_path(output_path), json.dumps(metadata, indent=2).encode() + b"\n")
     return StylizeResult(image=image, optimization=result, metadata=metadata)
+
+
+def _style_size(
+    size: tuple[int, int], output: tuple[int, int], config: StylizeConfig
+) -> tuple[int, int]:
+    """The size a style image is used at, at the final scale (W, H)."""
+    edge = max(16, round(config.style_scale * max(output)))
+    scale = edge / max(size)
+    return (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+
+
+def _levels(config: StylizeConfig, history: list[Progress]) -> list[dict[str, Any]]:
+    """Per pyramid level: long edge, steps run and seconds per iteration."""
+    levels = []
+    previous = 0.0
+    for i, edge in enumerate(config.pyramid()):
+        mine = [p for p in history if p.scale == i]
+        seconds = (mine[-1].elapsed - previous) if mine else 0.0
+        previous = mine[-1].elapsed if mine else previous
+        levels.append(
+            {
+                "long_edge": edge,
+                "steps": len(mine),
+                "seconds_per_iteration": round(seconds / len(mine), 5) if mine else None,
+            }
+        )
+    return levels
 
 
 def _metadata(
@@ -184,7 +365,7 @@ def _metadata(
     config: StylizeConfig,
     weights: Weights,
     device: torch.device,
-    inputs: dict[str, tuple[Path, tuple[int, int], tuple[int, int]]],
+    inputs: dict[str, list[tuple[Path, tuple[int, int], tuple[int, int]]]],
     output_path: Path,
     result: OptimizeResult,
     wall_seconds: float,
@@ -199,11 +380,15 @@ def _metadata(
         "nst_batch_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "inputs": {
-            role: {"path": str(path), "original_size": list(orig), "size": list(size)}
-            for role, (path, orig, size) in inputs.items()
+            role: [
+                {"path": str(path), "original_size": list(orig), "size": list(size)}
+                for path, orig, size in items
+            ]
+            for role, items in inputs.items()
         },
         "output": {"path": str(output_path), "size": list(result.image.shape[-1:-3:-1])},
         "parameters": dataclasses.asdict(config),
+        "pyramid": _levels(config, history),
         "weights": {
             "source": weights.source.name,
             "sha256": weights.sha256,
@@ -215,6 +400,7 @@ def _metadata(
         "optimize_seconds": round(result.elapsed, 3),
         "seconds_per_iteration": round(result.elapsed / result.steps, 5) if result.steps else None,
         "steps_completed": result.steps,
+        "stop_reason": result.stop_reason,
         "interrupted": result.interrupted,
         "final_loss": {
             "total": result.loss,

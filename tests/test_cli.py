@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import torch
@@ -40,8 +41,11 @@ def test_stylize_writes_image_and_sidecar(pair: tuple[Path, Path], tmp_path: Pat
         "sha256": BUNDLED_SHA256,
         "preprocessing": meta["weights"]["preprocessing"],
     }
-    assert meta["inputs"]["content"]["original_size"] == [96, 64]
-    assert meta["inputs"]["content"]["size"] == [48, 32]
+    assert meta["inputs"]["content"][0]["original_size"] == [96, 64]
+    assert meta["inputs"]["content"][0]["size"] == [48, 32]
+    assert meta["inputs"]["styles"][0]["size"] == [48, 48]  # style at the output's long edge
+    assert meta["pyramid"] == [{"long_edge": 48, "steps": 4, "seconds_per_iteration": ANY}]
+    assert meta["stop_reason"] == "steps"
     assert meta["output"]["size"] == [48, 32]
     assert meta["device"] == "cpu" and meta["torch_version"] == torch.__version__
     assert meta["steps_completed"] == 4 and meta["interrupted"] is False

@@ -10,6 +10,7 @@ import torch
 from nst_batch.engine.losses import (
     LossConfig,
     Targets,
+    compute_targets,
     content_loss,
     gram,
     objective,
@@ -48,10 +49,46 @@ def test_style_loss_by_hand() -> None:
     assert style_loss(a, a, "relative").item() == 0.0
 
 
-def test_relative_loss_is_per_image_of_the_batch() -> None:
+@pytest.mark.parametrize("normalization", ["relative", "mse", "paper"])
+def test_batch_loss_is_the_sum_of_its_images(normalization: str) -> None:
+    t = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 10.0)])
+    x = t * 1.5
+    solo = [content_loss(x[i : i + 1], t[i : i + 1], normalization) for i in range(2)]
+    assert content_loss(x, t, normalization).item() == pytest.approx(sum(solo).item())
+    gx, gt = gram(x), gram(t)
+    solo = [style_loss(gx[i : i + 1], gt[i : i + 1], normalization) for i in range(2)]
+    assert style_loss(gx, gt, normalization).item() == pytest.approx(sum(solo).item())
+
+
+def test_relative_error_does_not_depend_on_scale() -> None:
     t = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 10.0)])
     x = t * 1.5  # each image 50% off: relative error 0.25 for both, whatever their scale
-    assert content_loss(x, t).item() == pytest.approx(0.25)
+    assert content_loss(x[:1], t[:1]).item() == pytest.approx(0.25)
+    assert content_loss(x[1:], t[1:]).item() == pytest.approx(0.25)
+
+
+def test_paper_normalization_by_hand() -> None:
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 2, 2)
+    t = torch.full((1, 1, 2, 2), 2.0)
+    assert content_loss(x, t, "paper").item() == pytest.approx(0.5 * 6)  # 1/2 sum
+    f = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 2, 1, 2)  # N=2 channels, M=2 positions
+    g_raw = torch.tensor([[5.0, 11.0], [11.0, 25.0]])  # F F^T
+    a_raw = torch.tensor([[4.0, 10.0], [10.0, 20.0]])
+    paper = ((g_raw - a_raw) ** 2).sum() / (4 * 2**2 * 2**2)  # eq. 4
+    assert style_loss(gram(f), (a_raw / 2).unsqueeze(0), "paper").item() == pytest.approx(
+        paper.item()
+    )
+
+
+def test_style_targets_blend_as_weighted_grams() -> None:
+    cfg = LossConfig(content_layers=(("relu1_1", 1.0),), style_layers=(("relu1_1", 1.0),))
+    a, b = torch.rand(1, 4, 6, 6), torch.rand(1, 4, 3, 5)  # style images of different sizes
+    targets = compute_targets({"relu1_1": a}, [{"relu1_1": a}, {"relu1_1": b}], cfg, [0.7, 0.3])
+    assert torch.allclose(targets.style["relu1_1"], 0.7 * gram(a) + 0.3 * gram(b))
+    equal = compute_targets({"relu1_1": a}, [{"relu1_1": a}, {"relu1_1": b}], cfg)
+    assert torch.allclose(equal.style["relu1_1"], 0.5 * gram(a) + 0.5 * gram(b))
+    with pytest.raises(ValueError, match="does not fit 2 style"):
+        compute_targets({"relu1_1": a}, [{"relu1_1": a}, {"relu1_1": b}], cfg, [1.0])
 
 
 def test_tv_by_hand() -> None:

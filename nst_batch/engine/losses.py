@@ -13,20 +13,23 @@ the pixel scale of the weights (Caffe 0-255 vs torchvision's unit-variance input
 torchvision weights. ``style_weight / content_weight`` is the trade-off the paper calls
 ``beta / alpha``. Per-layer weights multiply their layer's term as given (the defaults sum to 1
 in each group, so ``style_weight`` is the weight of the average style layer sum).
-``normalization="mse"`` gives the classic unnormalised mean squared errors instead, for recipes
-that were tuned that way.
+``normalization="mse"`` gives plain mean squared errors and ``"paper"`` the exact formulas of the
+paper (eq. 1 and 4), for recipes that were tuned that way (see :mod:`nst_batch.presets`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-Normalize = Literal["relative", "mse"]
+from nst_batch.engine.vgg import layer_spec
+from nst_batch.errors import ConfigError
+
+Normalize = Literal["relative", "mse", "paper"]
 TVKind = Literal["l2", "l1"]
 
 # Paper-style style layers with equal weight (Gatys et al. 2016, Fig. 2 / Sec. 3).
@@ -55,6 +58,27 @@ class LossConfig:
     tv_kind: TVKind = "l2"
     tv_exponent: float = 1.0  # the Keras recipe uses 1.25 on (dx^2 + dy^2)
     normalization: Normalize = "relative"
+
+    def __post_init__(self) -> None:
+        for name, _ in self.content_layers + self.style_layers:
+            try:
+                layer_spec(name)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+        for name, w in self.content_layers + self.style_layers:
+            if w < 0:
+                raise ConfigError(f"layer weight of {name} must not be negative")
+        for field_name in ("content_weight", "style_weight", "tv_weight"):
+            if getattr(self, field_name) < 0:
+                raise ConfigError(f"{field_name} must not be negative")
+        if self.tv_exponent <= 0:
+            raise ConfigError("tv_exponent must be positive")
+        if self.tv_kind not in ("l1", "l2"):
+            raise ConfigError(f"tv_kind must be 'l1' or 'l2', not {self.tv_kind!r}")
+        if self.normalization not in ("relative", "mse", "paper"):
+            raise ConfigError(f"unknown normalization {self.normalization!r}")
+        if not self.content_layers and not self.style_layers:
+            raise ConfigError("the objective needs at least one content or style layer")
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -103,25 +127,30 @@ def gram(features: Tensor) -> Tensor:
     return torch.bmm(f, f.transpose(1, 2)) / (h * w)  # (B, C, C)
 
 
-def _squared_error(x: Tensor, target: Tensor, normalization: Normalize) -> Tensor:
+def _per_image(x: Tensor, target: Tensor, reduce: Literal["sum", "mean", "relative"]) -> Tensor:
+    """Squared error of each image of a batch (B, ...) -> (B,)."""
     x, target = _wide(x), _wide(target)
-    diff = (x - target).pow(2)
-    if normalization == "mse":
-        return diff.mean()
-    # Relative: per image of the batch, then averaged, so batch mates do not weight each other.
     dims = tuple(range(1, x.dim()))
-    num = diff.sum(dim=dims)
-    den = target.pow(2).sum(dim=dims).clamp_min(1e-12)
-    return (num / den).mean()
+    diff = (x - target).pow(2)
+    if reduce == "sum":
+        return diff.sum(dim=dims)
+    if reduce == "mean":
+        return diff.mean(dim=dims)
+    return diff.sum(dim=dims) / target.pow(2).sum(dim=dims).clamp_min(1e-12)
 
 
 def content_loss(features: Tensor, target: Tensor, normalization: Normalize = "relative") -> Tensor:
     """Squared error between feature maps (B, C, H, W).
 
-    ``"mse"``: ``mean (F - P)^2`` = the paper's eq. 1 (``1/2 sum (F - P)^2``) times ``2 / (C H W)``.
+    ``"paper"``: eq. 1 of Gatys et al., ``1/2 sum (F - P)^2``.
+    ``"mse"``: ``mean (F - P)^2`` (the paper's value times ``2 / (C H W)``).
     ``"relative"``: ``sum (F - P)^2 / sum P^2``.
+    A batch gives the sum of its images' values.
     """
-    return _squared_error(features, target, normalization)
+    # Summed over the batch: a job's gradient never depends on its batch mates.
+    if normalization == "paper":
+        return 0.5 * _per_image(features, target, "sum").sum()
+    return _per_image(features, target, "mean" if normalization == "mse" else "relative").sum()
 
 
 def style_loss(
@@ -129,10 +158,15 @@ def style_loss(
 ) -> Tensor:
     """Squared error between Gram matrices (B, C, C).
 
-    ``"mse"``: ``mean_ij (G_ij - A_ij)^2`` = ``4 E_l``, the paper's eq. 4 (see :func:`gram`).
+    ``"paper"``: eq. 4 of Gatys et al., ``E_l = 1/(4 N^2 M^2) sum (G - A)^2`` for unnormalised
+    Grams, which with :func:`gram`'s ``G / M`` is ``1/4 mean_ij (G_ij - A_ij)^2``.
+    ``"mse"``: ``mean_ij (G_ij - A_ij)^2`` (``4 E_l``).
     ``"relative"``: ``sum_ij (G_ij - A_ij)^2 / sum_ij A_ij^2``.
+    A batch gives the sum of its images' values.
     """
-    return _squared_error(gram_x, gram_target, normalization)
+    if normalization == "paper":
+        return 0.25 * _per_image(gram_x, gram_target, "mean").sum()
+    return _per_image(gram_x, gram_target, "mean" if normalization == "mse" else "relative").sum()
 
 
 def tv_loss(image: Tensor, kind: TVKind = "l2", exponent: float = 1.0) -> Tensor:
@@ -156,13 +190,26 @@ def tv_loss(image: Tensor, kind: TVKind = "l2", exponent: float = 1.0) -> Tensor
 
 def compute_targets(
     content_features: Mapping[str, Tensor],
-    style_features: Mapping[str, Tensor],
+    style_features: Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]],
     config: LossConfig,
+    blend: Sequence[float] | None = None,
 ) -> Targets:
-    """Content feature maps and style Gram matrices for the layers of ``config``."""
+    """Content feature maps and style Gram matrices for the layers of ``config``.
+
+    Several style images (each image's features may have its own size) blend as the weighted mean
+    of their Gram matrices, ``A = sum_k w_k A_k / sum_k w_k``; ``blend=None`` weighs them equally.
+    """
+    styles = [style_features] if isinstance(style_features, Mapping) else list(style_features)
+    weights = [1.0] * len(styles) if blend is None else [float(w) for w in blend]
+    if len(weights) != len(styles) or sum(weights) <= 0 or min(weights) < 0:
+        raise ValueError(f"style blend {weights} does not fit {len(styles)} style image(s)")
+    total = sum(weights)
     content = {n: content_features[n].detach() for n, _ in config.content_layers}
-    style = {n: gram(style_features[n]).detach() for n, _ in config.style_layers}
-    return Targets(content=content, style=style)
+    style = {
+        n: sum(w / total * gram(f[n]).detach() for w, f in zip(weights, styles, strict=True))
+        for n, _ in config.style_layers
+    }
+    return Targets(content=content, style=style)  # type: ignore[arg-type]
 
 
 def objective(

@@ -1,0 +1,175 @@
+"""Named recipes from the classic write-ups, each a frozen config, and flat parameter overrides.
+
+``nst-batch presets`` lists them. A preset fixes the objective, the optimizer, the init and the
+pooling; any parameter given on the command line (or in a manifest row, or to
+:func:`build_config`) overrides the preset's value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nst_batch.engine.losses import DEFAULT_STYLE_LAYERS, LossConfig
+from nst_batch.engine.optimize import OptimConfig
+from nst_batch.engine.vgg import Pooling, layer_spec
+from nst_batch.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    loss: LossConfig
+    optim: OptimConfig
+    init: str = "content"
+    pooling: Pooling = "max"
+
+
+_STYLE_RELU_X_1 = tuple(name for name, _ in DEFAULT_STYLE_LAYERS)  # relu1_1 ... relu5_1
+
+PRESETS: Mapping[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "default",
+            "nst-batch's own: relative errors, content relu4_2, style relu1_1..relu5_1 at 0.2 "
+            "each, style weight 10, L2 TV, content init, L-BFGS",
+            LossConfig(),
+            OptimConfig(),
+        ),
+        Preset(
+            "gatys",
+            "Gatys et al. 2016: the paper's losses (eq. 1, 4), content conv4_2 (after ReLU), "
+            "style conv1_1..conv5_1 at 1/5 each, alpha/beta = 1e-3, average pooling, "
+            "white-noise init, L-BFGS, no TV",
+            LossConfig(
+                normalization="paper",
+                content_weight=1.0,
+                style_weight=1e3,
+                tv_weight=0.0,
+            ),
+            OptimConfig(steps=500),
+            init="noise",
+            pooling="avg",
+        ),
+        Preset(
+            "keras-example",
+            "the Keras neural style example: content block5_conv2 (relu5_2), style "
+            "block1_conv1..block5_conv1 equally weighted, TV (dx^2 + dy^2)^1.25, noise init, "
+            "L-BFGS (weights on nst-batch's relative scale)",
+            LossConfig(
+                content_layers=(("relu5_2", 1.0),),
+                content_weight=1.0,
+                style_weight=10.0,
+                tv_weight=1.0,
+                tv_exponent=1.25,
+            ),
+            OptimConfig(steps=400),
+            init="noise",
+        ),
+        Preset(
+            "adam",
+            "the Adam recipe: content conv5_2, style relu1_1..relu5_1 weighted "
+            "0.75/0.5/0.2/0.2/0.2, L1 TV, content init, Adam",
+            LossConfig(
+                content_layers=(("conv5_2", 1.0),),
+                style_layers=tuple(zip(_STYLE_RELU_X_1, (0.75, 0.5, 0.2, 0.2, 0.2), strict=True)),
+                content_weight=1.0,
+                style_weight=10.0,
+                tv_weight=0.1,
+                tv_kind="l1",
+            ),
+            OptimConfig(optimizer="adam", steps=600, lr=0.02),
+        ),
+        Preset(
+            "pastiche",
+            "pastiche 1.6's default objective exactly: MSE losses, content relu4_2 at 0.01, "
+            "style relu1_1..relu5_1 each 10/C^2 on the MSE of Gram/(H W), no TV, content init, "
+            "L-BFGS (lr 1, history 100), 1000 steps",
+            LossConfig(
+                normalization="mse",
+                content_layers=(("relu4_2", 0.01),),
+                style_layers=tuple(
+                    (n, 10.0 / layer_spec(n).out_channels ** 2) for n in _STYLE_RELU_X_1
+                ),
+                content_weight=1.0,
+                style_weight=1.0,
+                tv_weight=0.0,
+            ),
+            OptimConfig(steps=1000),
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}") from None
+
+
+def parse_layers(text: str, default_weight: float = 1.0) -> tuple[tuple[str, float], ...]:
+    """``"relu1_1:0.2,relu2_1"`` -> ``(("relu1_1", 0.2), ("relu2_1", default_weight))``."""
+    layers: list[tuple[str, float]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, _, weight = item.partition(":")
+        try:
+            layer_spec(name.strip())
+            value = float(weight) if weight else default_weight
+        except ValueError as err:
+            raise ConfigError(f"layer list {text!r}: {err}") from None
+        if value < 0:
+            raise ConfigError(f"layer list {text!r}: weight of {name} is negative")
+        layers.append((name.strip(), value))
+    if not layers:
+        raise ConfigError(f"layer list {text!r} names no layer")
+    return tuple(layers)
+
+
+def parse_floats(text: str) -> tuple[float, ...]:
+    """``"0.7,0.3"`` -> ``(0.7, 0.3)``."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"expected comma-separated numbers, not {text!r}") from None
+
+
+def override(config: Any, overrides: Mapping[str, Any]) -> Any:
+    """Replace fields of a (nested) frozen config by flat name: ``{"steps": 10}`` reaches
+    ``config.optim.steps``. Field names are unique across the nested configs; an unknown name is
+    a ConfigError listing the valid ones."""
+    remaining = dict(overrides)
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            inner = {k: v for k, v in remaining.items() if k in _names(value)}
+            if inner:
+                changes[f.name] = override(value, inner)
+                for k in inner:
+                    remaining.pop(k)
+        elif f.name in remaining:
+            changes[f.name] = remaining.pop(f.name)
+    if remaining:
+        known = sorted(_names(config))
+        raise ConfigError(
+            f"unknown parameter(s) {', '.join(sorted(remaining))}; known: {', '.join(known)}"
+        )
+    try:
+        return dataclasses.replace(config, **changes)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def _names(config: Any) -> set[str]:
+    names: set[str] = set()
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        names |= _names(value) if dataclasses.is_dataclass(value) else {f.name}
+    return names
