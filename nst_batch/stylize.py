@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -150,6 +151,47 @@ def load_model(
     return model.eval().to(device), weights
 
 
+class ModelPool:
+    """Loaded feature stacks by (model settings, layers, device), so a process that runs many jobs
+    loads and decodes the weights once. Owned and passed explicitly by the batch front ends."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[Any, ...], tuple[VGG19Features, Weights]] = {}
+
+    def get(
+        self, config: ModelConfig, layers: tuple[str, ...], device: torch.device
+    ) -> tuple[VGG19Features, Weights]:
+        key = (config, tuple(layers), str(device))
+        if key not in self._models:
+            self._models[key] = load_model(config, layers, device)
+        return self._models[key]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parameter_hash(content: Path, styles: Sequence[Path], config: StylizeConfig) -> str:
+    """What makes a result: the inputs' bytes and every setting except the device it ran on.
+
+    A job whose sidecar records the same hash need not run again; a changed input file or setting
+    changes the hash. The device is left out so work done on one machine counts on another.
+    """
+    settings = dataclasses.asdict(config)
+    settings["model"].pop("device")
+    record = {
+        "content": file_sha256(Path(content)),
+        "styles": [file_sha256(Path(s)) for s in styles],
+        "settings": settings,
+    }
+    text = json.dumps(record, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def initial_image(init: str, content: Tensor, seed: int) -> Tensor:
     """The optimization's starting point, shaped like ``content`` (1, 3, H, W)."""
     if init == "content":
@@ -268,12 +310,16 @@ def stylize(
     config: StylizeConfig,
     progress: Callable[[Progress], None] | None = None,
     outputs: OutputConfig | None = None,
+    models: ModelPool | None = None,
+    keep_interrupted: bool = True,
 ) -> StylizeResult:
     """Stylize one content file with one or more style files; write the image and its sidecar.
 
     Inputs are checked and decoded before the model loads, so bad input fails in a second, not
     after a long run. Interrupted (Ctrl-C) runs still write the best image so far, flagged in the
-    sidecar, and return with ``result.interrupted``.
+    sidecar, and return with ``result.interrupted``; with ``keep_interrupted=False`` (batch runs)
+    nothing is written and KeyboardInterrupt propagates. An exception raised by ``progress``
+    aborts the run and propagates, writing nothing (how a daemon cancels a job).
     """
     from nst_batch.sheet import loss_plot, snapshot_writer, write_sheet
 
@@ -294,7 +340,9 @@ def stylize(
     style_imgs = [open_rgb(Path(p)) for p in style_paths]
     content_small = resize_long_edge(content_img, config.size)
     device = resolve_device(config.model.device)
-    model, weights = load_model(config.model, config.loss.layers, device)
+    models = models or ModelPool()
+    model, weights = models.get(config.model, config.loss.layers, device)
+    job_hash = parameter_hash(Path(content_path), style_paths, config)
 
     callbacks = [c for c in (progress, snapshot_writer(output_path, outputs.save_every)) if c]
 
@@ -304,6 +352,8 @@ def stylize(
 
     style_tensors = [to_tensor(img) for img in style_imgs]
     result = stylize_tensors(to_tensor(content_small), style_tensors, config, model, report)
+    if result.interrupted and not keep_interrupted:
+        raise KeyboardInterrupt  # batch runs redo the job later rather than keep a partial result
     image = result.image.cpu()
     save_image(image, output_path)
     extra_files: dict[str, str] = {}
@@ -329,6 +379,7 @@ def stylize(
         wall_seconds=time.perf_counter() - wall_start,
     )
     metadata["files"] = extra_files
+    metadata["parameter_hash"] = job_hash
     write_atomic(sidecar_path(output_path), json.dumps(metadata, indent=2).encode() + b"\n")
     return StylizeResult(image=image, optimization=result, metadata=metadata)
 
