@@ -21,7 +21,7 @@ from nst_batch.color import preserve_colors
 from nst_batch.engine.losses import LossConfig, LossTerms, compute_targets, objective
 from nst_batch.engine.optimize import OptimConfig, OptimizeResult, Progress, optimize
 from nst_batch.engine.vgg import Pooling, VGG19Features, load_state
-from nst_batch.engine.weights import Weights, load_weights, resolve_source
+from nst_batch.engine.weights import Weights, load_weights, resolve_source, sha256_file
 from nst_batch.errors import ConfigError
 from nst_batch.images import (
     check_output_path,
@@ -167,14 +167,6 @@ class ModelPool:
         return self._models[key]
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def parameter_hash(content: Path, styles: Sequence[Path], config: StylizeConfig) -> str:
     """What makes a result: the inputs' bytes and every setting except the device it ran on.
 
@@ -184,8 +176,8 @@ def parameter_hash(content: Path, styles: Sequence[Path], config: StylizeConfig)
     settings = dataclasses.asdict(config)
     settings["model"].pop("device")
     record = {
-        "content": file_sha256(Path(content)),
-        "styles": [file_sha256(Path(s)) for s in styles],
+        "content": sha256_file(Path(content)),
+        "styles": [sha256_file(Path(s)) for s in styles],
         "settings": settings,
     }
     text = json.dumps(record, sort_keys=True, default=str)
