@@ -20,3 +20,16 @@ class Report:
     def save(self, path: Path | None) -> None:
         if path is not None:
             path.write_text("\n".join(self.lines) + "\n")
+
+
+def cpu_name() -> str:
+    """The CPU model as the kernel reports it (Linux), else the platform's guess."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -22,6 +22,7 @@ from rich.progress import (
 from nst_batch import __version__
 from nst_batch.engine.optimize import Progress as Step
 from nst_batch.errors import ConfigError, NstError
+from nst_batch.export.model import DEFAULT_LAYERS as DEFAULT_EXPORT_LAYERS
 from nst_batch.presets import PRESETS, parse_floats, parse_layers
 from nst_batch.stylize import (
     ModelConfig,
@@ -50,6 +51,25 @@ class OptimizerChoice(str, Enum):
 class PoolingChoice(str, Enum):
     max = "max"
     avg = "avg"
+
+
+class TargetsBackend(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+
+
+class Provider(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    tensorrt = "tensorrt"
+
+
+class PrecisionChoice(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
 
 
 def _stderr() -> Console:
@@ -119,12 +139,14 @@ def _run_stylize(
     output: Path,
     config: StylizeConfig,
     outputs: OutputConfig | None = None,
+    check_onnx: Path | None = None,
 ) -> None:
-    from nst_batch.stylize import stylize
+    from nst_batch.stylize import ModelPool, stylize
 
     try:
+        models = ModelPool(check_onnx)
         with _progress_reporter(output.name, log_every=max(1, config.optim.steps // 20)) as report:
-            result = stylize(content, styles, output, config, progress=report, outputs=outputs)
+            result = stylize(content, styles, output, config, report, outputs, models)
     except NstError as err:
         raise _fail(str(err)) from None
     except KeyboardInterrupt:
@@ -215,6 +237,12 @@ def stylize_command(
         None, help="bundled (original VGG19, offline), torchvision, or a .pth/.safetensors path."
     ),
     pooling: PoolingChoice | None = typer.Option(None, help="max or avg pooling [preset]."),
+    targets_backend: TargetsBackend | None = typer.Option(
+        None, help="Compute style/content targets in torch or ONNX Runtime [auto: per device]."
+    ),
+    check_onnx: Path | None = typer.Option(
+        None, help="An `nst-batch export`: check the engine's features against it first."
+    ),
 ) -> None:
     """Stylize CONTENT with the look of STYLE; writes OUTPUT and OUTPUT.json (all parameters)."""
     style_list = ([style] if style else []) + list(styles or [])
@@ -243,6 +271,7 @@ def stylize_command(
             "device": device,
             "weights": weights,
             "pooling": pooling.value if pooling else None,
+            "targets_backend": targets_backend.value if targets_backend else None,
         }
         if reconstruct is not None:
             # Reconstruction from white noise, as in the paper's Fig. 1.
@@ -256,7 +285,7 @@ def stylize_command(
     if not style_list:
         raise _fail("give a STYLE image (or --style PATH)", 2)
     outputs = OutputConfig(save_every=save_every, sheet=sheet)
-    _run_stylize(content, style_list, output, config, outputs)
+    _run_stylize(content, style_list, output, config, outputs, check_onnx)
 
 
 @app.command("presets")
@@ -344,6 +373,95 @@ def weights_command(
     print(f"conv layers:   {sum(k.endswith('.weight') for k in loaded.state)}")
     if loaded.source.kind == "bundled":
         print(f"decoded cache: {default_cache_dir()}")
+
+
+@app.command("export")
+def export_command(
+    output: Path = typer.Option(
+        Path("vgg19_features.onnx"), "--output", "-o", help="Model file (.onnx; + .onnx.data)."
+    ),
+    layers: str = typer.Option(
+        ",".join(DEFAULT_EXPORT_LAYERS), help="Output layers; the stack ends at the deepest."
+    ),
+    weights: str = typer.Option(
+        "bundled", help="bundled, torchvision or a .pth/.safetensors path."
+    ),
+    pooling: PoolingChoice = typer.Option(PoolingChoice.max, help="max or avg pooling."),
+    opset: int = typer.Option(17, help="ONNX opset version."),
+) -> None:
+    """Export the truncated VGG19 feature stack to ONNX (input `image`, one output per layer)."""
+    from nst_batch.export import ExportConfig, export_onnx
+
+    try:
+        names = tuple(name for name, _ in parse_layers(layers))
+        info = export_onnx(output, ExportConfig(names, weights, pooling.value, opset))
+    except NstError as err:
+        raise _fail(str(err)) from None
+    print(f"wrote {output} and {output}.data (onnx.checker passed)")
+    print(f"layers:   {', '.join(info.layers)}")
+    print(f"weights:  {info.weights_source} (sha256 {info.weights_sha256[:16]}...)")
+    print(f"input:    image float32 (N, 3, H, W), RGB in [0, 1]; N, H, W dynamic; opset {opset}")
+
+
+@app.command("verify")
+def verify_command(
+    model: Path = typer.Argument(..., help="An ONNX model made by `nst-batch export`."),
+    providers: Provider = typer.Option(Provider.auto, help="ONNX Runtime execution provider."),
+    precision: PrecisionChoice = typer.Option(
+        PrecisionChoice.auto, help="fp16 is TensorRT only [auto: fp16 there, else fp32]."
+    ),
+    sizes: str = typer.Option("64,256,517x311", help="Input sizes: N (square) or WxH."),
+    images: list[Path] | None = typer.Option(
+        None, "--image", help="Also compare on this picture (repeatable)."
+    ),
+    weights: str | None = typer.Option(
+        None, help="The engine's weights to compare with [the source the export records]."
+    ),
+    trt_cache: Path | None = typer.Option(
+        None, help="TensorRT engine cache folder [MODEL's folder/<name>.trt-cache]."
+    ),
+) -> None:
+    """Compare ONNX Runtime with the torch engine per layer; exit 1 when out of tolerance."""
+    from rich.table import Table
+
+    from nst_batch.export import VerifyConfig, parse_sizes, verify
+
+    try:
+        config = VerifyConfig(
+            provider=providers.value,
+            precision=precision.value,  # type: ignore[arg-type]
+            sizes=parse_sizes(sizes),
+            images=tuple(images or ()),
+            weights=weights,
+            trt_cache=trt_cache,
+        )
+        report = verify(model, config, progress=lambda line: _stderr().print(line))
+    except NstError as err:
+        raise _fail(str(err)) from None
+    console = Console(highlight=False)
+    console.print(
+        f"{model}: {report.provider} {report.precision}, tolerance {report.tolerance:g} "
+        f"(scaled max error = max|onnx - torch| / max|torch|); inputs: {', '.join(report.inputs)}"
+    )
+    table = Table("size", "layer", "max abs error", "max rel error", "ok")
+    for c in report.checks:
+        mark = "[green]ok[/]" if c.ok else "[bold red]FAIL[/]"
+        size = f"{c.size[0]}x{c.size[1]}"
+        table.add_row(size, c.layer, f"{c.max_abs:.3g}", f"{c.max_rel:.3g}", mark)
+    console.print(table)
+    times = Table("size", "batch", "onnx ms", "torch ms")
+    for t in report.timings:
+        times.add_row(
+            f"{t.size[0]}x{t.size[1]}",
+            str(t.batch),
+            f"{1e3 * t.onnx_seconds:.1f}",
+            f"{1e3 * t.torch_seconds:.1f}",
+        )
+    console.print(times)
+    if not report.ok:
+        bad = sorted({c.layer for c in report.failures})
+        raise _fail(f"{len(report.failures)} checks out of tolerance (layers {', '.join(bad)})")
+    console.print("[green]all layers within tolerance[/]")
 
 
 def main() -> None:

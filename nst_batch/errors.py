@@ -17,3 +17,11 @@ class WeightsError(NstError):
 
 class ConfigError(NstError):
     """A setting is out of range or inconsistent with another."""
+
+
+class OnnxError(NstError):
+    """An ONNX model file is missing, corrupt, or not an nst-batch export for these weights."""
+
+
+class ParityError(OnnxError):
+    """ONNX Runtime and the torch engine disagree beyond tolerance on the same input."""

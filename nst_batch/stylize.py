@@ -22,7 +22,7 @@ from nst_batch.engine.losses import LossConfig, LossTerms, compute_targets, obje
 from nst_batch.engine.optimize import OptimConfig, OptimizeResult, Progress, optimize
 from nst_batch.engine.vgg import Pooling, VGG19Features, load_state
 from nst_batch.engine.weights import Weights, load_weights, resolve_source, sha256_file
-from nst_batch.errors import ConfigError
+from nst_batch.errors import ConfigError, NstError
 from nst_batch.images import (
     check_output_path,
     open_rgb,
@@ -34,6 +34,9 @@ from nst_batch.images import (
 from nst_batch.presets import get_preset, override
 
 HISTORY_POINTS = 200  # loss-history samples kept in the sidecar
+# Targets backend per device for targets_backend="auto": ONNX Runtime's CPU forward pass measured
+# 20-30% faster than torch's (benchmarks/results/targets-cpu.md); on CUDA torch (not yet measured).
+AUTO_TARGETS_BACKEND = {"cpu": "onnx", "cuda": "torch"}
 AUTO_SCALES_FROM = 384  # outputs at least this large are optimized coarse to fine by default
 SMALLEST_SCALE = 128  # the coarsest scale's long edge is at least this
 
@@ -44,6 +47,7 @@ class ModelConfig:
     pooling: Pooling = "max"
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     channels_last: bool = True  # NHWC activations; measured faster on CPU (benchmarks/cpu.py)
+    targets_backend: str = "auto"  # "torch", "onnx" (ONNX Runtime) or "auto" (per device)
 
 
 @dataclass(frozen=True)
@@ -153,18 +157,114 @@ def load_model(
 
 class ModelPool:
     """Loaded feature stacks by (model settings, layers, device), so a process that runs many jobs
-    loads and decodes the weights once. Owned and passed explicitly by the batch front ends."""
+    loads and decodes the weights once. Owned and passed explicitly by the batch front ends.
 
-    def __init__(self) -> None:
+    With ``check_onnx`` (an nst-batch ONNX export), every model configuration is checked against
+    it the first time it is loaded (:func:`nst_batch.export.check_engine_parity`): a corrupt
+    weights file or a broken device raises ParityError before any job runs.
+    """
+
+    def __init__(self, check_onnx: Path | None = None) -> None:
+        self.check_onnx = Path(check_onnx) if check_onnx else None
         self._models: dict[tuple[Any, ...], tuple[VGG19Features, Weights]] = {}
+        self._checked: set[tuple[Any, ...]] = set()
+        self._onnx: dict[tuple[Any, ...], Callable[[Tensor], dict[str, Tensor]]] = {}
 
     def get(
+        self, config: ModelConfig, layers: tuple[str, ...], device: torch.device
+    ) -> tuple[VGG19Features, Weights]:
+        if self.check_onnx is not None and (config, str(device)) not in self._checked:
+            self.check(config, device)
+        return self._load(config, layers, device)
+
+    def _load(
         self, config: ModelConfig, layers: tuple[str, ...], device: torch.device
     ) -> tuple[VGG19Features, Weights]:
         key = (config, tuple(layers), str(device))
         if key not in self._models:
             self._models[key] = load_model(config, layers, device)
         return self._models[key]
+
+    def check(self, config: ModelConfig, device: torch.device) -> list[Any]:
+        """Compare this configuration's features with the ONNX export; the per-layer checks."""
+        from nst_batch.export import check_engine_parity, read_info
+
+        assert self.check_onnx is not None
+        key = (config, str(device))
+        info = read_info(self.check_onnx)
+        model, weights = self._load(config, info.layers, device)
+        checks = check_engine_parity(
+            self.check_onnx, model, weights.sha256, weights.source.name, config.pooling
+        )
+        self._checked.add(key)
+        return checks
+
+    def targets(
+        self, config: ModelConfig, layers: tuple[str, ...], device: torch.device
+    ) -> Callable[[Tensor], dict[str, Tensor]]:
+        """The forward pass that computes style/content targets: the torch model, or the same
+        stack exported to ONNX (cached beside the decoded weights) in ONNX Runtime."""
+        model, weights = self.get(config, layers, device)
+        backend = resolve_targets_backend(config.targets_backend, device)
+        if backend == "torch":
+            return model
+        key = (config.weights, config.pooling, tuple(layers), str(device))
+        if key not in self._onnx:
+            try:
+                self._onnx[key] = _onnx_targets(config, layers, model, weights, device)
+            except (ImportError, OSError, NstError):
+                if config.targets_backend != "auto":
+                    raise
+                self._onnx[key] = model  # "auto" only prefers ONNX; torch gives the same numbers
+        return self._onnx[key]
+
+
+def resolve_targets_backend(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return AUTO_TARGETS_BACKEND.get(device.type, "torch")
+    if name not in ("torch", "onnx"):
+        raise ConfigError(f"targets_backend must be auto, torch or onnx, not {name!r}")
+    return name
+
+
+def _onnx_targets(
+    config: ModelConfig,
+    layers: tuple[str, ...],
+    model: VGG19Features,
+    weights: Weights,
+    device: torch.device,
+) -> Callable[[Tensor], dict[str, Tensor]]:
+    from nst_batch.engine.weights import default_cache_dir
+    from nst_batch.export import (
+        ExportConfig,
+        OnnxFeatures,
+        SessionConfig,
+        check_engine_parity,
+        export_onnx,
+    )
+
+    folder = default_cache_dir() / "onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{weights.sha256[:16]}-{config.pooling}-{'-'.join(layers)}.onnx"
+    fresh = not path.is_file() or not Path(f"{path}.data").is_file()
+    while True:
+        if fresh:
+            export_onnx(path, ExportConfig(layers, config.weights, config.pooling))
+        try:
+            # A cached file could have rotted since it was written: a quick probe decides.
+            check_engine_parity(path, model, weights.sha256, weights.source.name, config.pooling)
+            break
+        except NstError:
+            if fresh:
+                raise
+            fresh = True
+    provider = "cuda" if device.type == "cuda" else "cpu"
+    session = OnnxFeatures(path, SessionConfig(provider))
+
+    def features(image: Tensor) -> dict[str, Tensor]:  # (B, 3, H, W) -> {layer: (B, C, h, w)}
+        return {k: v.to(device) for k, v in session(image).items()}
+
+    return features
 
 
 def parameter_hash(content: Path, styles: Sequence[Path], config: StylizeConfig) -> str:
@@ -174,7 +274,8 @@ def parameter_hash(content: Path, styles: Sequence[Path], config: StylizeConfig)
     changes the hash. The device is left out so work done on one machine counts on another.
     """
     settings = dataclasses.asdict(config)
-    settings["model"].pop("device")
+    for name in ("device", "targets_backend"):  # same numbers wherever they are computed
+        settings["model"].pop(name)
     record = {
         "content": sha256_file(Path(content)),
         "styles": [sha256_file(Path(s)) for s in styles],
@@ -212,6 +313,7 @@ def stylize_tensors(
     config: StylizeConfig,
     model: VGG19Features,
     progress: Callable[[Progress], None] | None = None,
+    target_model: Callable[[Tensor], dict[str, Tensor]] | None = None,
 ) -> OptimizeResult:
     """Optimize an image shaped like ``content`` (1, 3, H, W) towards the styles' Gram statistics.
 
@@ -219,9 +321,11 @@ def stylize_tensors(
     ``style_scale`` times the output's long edge. With several scales the image is optimized at
     each size of :meth:`StylizeConfig.pyramid` in turn, the result of one upsampled as the start
     of the next, with targets taken anew at every size. Steps in the reported progress count
-    across all scales.
+    across all scales. ``target_model`` computes the targets (forward only) when given, e.g.
+    the ONNX Runtime copy of ``model``; the optimization always differentiates ``model``.
     """
     device = next(model.parameters()).device
+    features = target_model or model
     styles = [styles] if isinstance(styles, Tensor) else list(styles)
     content = content.to(device)
     pyramid = config.pyramid()
@@ -237,8 +341,8 @@ def stylize_tensors(
         style_edge = max(16, round(config.style_scale * long_edge))
         with torch.no_grad():
             targets = compute_targets(
-                model(level_content),
-                [model(resize_to(s.to(device), style_edge)) for s in styles],
+                features(level_content),
+                [features(resize_to(s.to(device), style_edge)) for s in styles],
                 config.loss,
                 config.style_blend,
             )
@@ -343,7 +447,10 @@ def stylize(
             callback(p)
 
     style_tensors = [to_tensor(img) for img in style_imgs]
-    result = stylize_tensors(to_tensor(content_small), style_tensors, config, model, report)
+    targets = models.targets(config.model, config.loss.layers, device)
+    result = stylize_tensors(
+        to_tensor(content_small), style_tensors, config, model, report, target_model=targets
+    )
     if result.interrupted and not keep_interrupted:
         raise KeyboardInterrupt  # batch runs redo the job later rather than keep a partial result
     image = result.image.cpu()

@@ -1,0 +1,249 @@
+"""Feature parity between an ONNX export (in ONNX Runtime) and the torch engine.
+
+The error measure per layer is the *scaled* maximum error ``max|onnx - torch| / max|torch|``:
+ReLU features are mostly exact zeros, where an element-wise relative error is meaningless, and
+what matters for the losses is the error relative to the feature map's own magnitude. The table
+also shows the plain maximum absolute error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nst_batch.errors import ConfigError, OnnxError, ParityError
+from nst_batch.export.model import (
+    ExportInfo,
+    OnnxFeatures,
+    SessionConfig,
+    read_info,
+    resolve_provider,
+)
+
+Precision = Literal["auto", "fp32", "fp16"]
+
+# Scaled max error allowed per (provider, precision). fp32 on CPU is the same arithmetic in another
+# order: errors are ~1e-7 (measured), 1e-4 leaves room for other CPUs' kernels. CUDA runs with TF32
+# off but other convolution algorithms (1e-3). TensorRT fp16 keeps 10 bits of mantissa through
+# 16 conv layers: 3e-2 (stated, not yet measured on a GPU here).
+TOLERANCES: dict[tuple[str, str], float] = {
+    ("cpu", "fp32"): 1e-4,
+    ("cuda", "fp32"): 1e-3,
+    ("tensorrt", "fp32"): 1e-3,
+    ("tensorrt", "fp16"): 3e-2,
+}
+# The engine on CUDA uses cuDNN with TF32 allowed (torch's default for convolutions), so a
+# probe comparing it with ONNX Runtime's CPU result needs TF32's ~1e-3 relative precision.
+ENGINE_TOLERANCE = {"cpu": 1e-4, "cuda": 5e-3}
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    provider: str = "auto"  # auto, cpu, cuda or tensorrt
+    precision: Precision = "auto"  # auto: fp16 for TensorRT, fp32 otherwise
+    sizes: tuple[tuple[int, int], ...] = ((64, 64), (256, 256), (517, 311))  # (W, H)
+    images: tuple[Path, ...] = ()  # real pictures to add to the generated inputs
+    weights: str | None = None  # the engine's weights; None = the source the export records
+    seed: int = 0
+    trt_cache: Path | None = None
+
+
+@dataclass(frozen=True)
+class LayerCheck:
+    size: tuple[int, int]  # (W, H)
+    layer: str
+    max_abs: float
+    max_rel: float  # max |onnx - torch| / max |torch|
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_rel <= self.tolerance
+
+
+@dataclass(frozen=True)
+class Timing:
+    size: tuple[int, int]
+    batch: int
+    onnx_seconds: float
+    torch_seconds: float
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    path: Path
+    info: ExportInfo
+    provider: str
+    precision: str
+    tolerance: float
+    inputs: tuple[str, ...]  # what each batch row was
+    checks: tuple[LayerCheck, ...]
+    timings: tuple[Timing, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failures(self) -> tuple[LayerCheck, ...]:
+        return tuple(c for c in self.checks if not c.ok)
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """``"64,256,517x311"`` -> ``((64, 64), (256, 256), (517, 311))`` as (W, H)."""
+    sizes: list[tuple[int, int]] = []
+    for part in (p.strip().lower() for p in text.split(",")):
+        if not part:
+            continue
+        w, _, h = part.partition("x")
+        try:
+            size = (int(w), int(h or w))
+        except ValueError:
+            raise ConfigError(f"sizes: expected 64 or 517x311, not {part!r}") from None
+        if min(size) < 32 or max(size) > 4096:
+            raise ConfigError(f"sizes: {part} is outside 32..4096 pixels")
+        sizes.append(size)
+    if not sizes:
+        raise ConfigError(f"sizes: {text!r} names no size")
+    return tuple(sizes)
+
+
+def probe_inputs(
+    size: tuple[int, int], images: Sequence[Path], seed: int
+) -> tuple[list[str], Tensor]:
+    """The inputs at one size as a batch (N, 3, H, W): uniform noise, a generated painting, and
+    any given pictures, each resized to exactly ``size``."""
+    from nst_batch.demo import swirl_painting
+    from nst_batch.images import open_rgb, to_tensor
+
+    w, h = size
+    noise = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    names, batch = ["noise"], [noise]
+    painting = swirl_painting(max(w, h), seed=seed, strokes=800).resize((w, h))
+    names.append("painting")
+    batch.append(to_tensor(painting))
+    for path in images:
+        names.append(Path(path).name)
+        batch.append(to_tensor(open_rgb(Path(path)).resize((w, h))))
+    return names, torch.cat(batch)
+
+
+def compare(
+    onnx_out: dict[str, Tensor], torch_out: dict[str, Tensor], size: tuple[int, int], tol: float
+) -> list[LayerCheck]:
+    checks = []
+    for layer, ref in torch_out.items():
+        got = onnx_out[layer].to(ref.device, torch.float32)
+        ref = ref.float()
+        if got.shape != ref.shape:
+            raise ParityError(
+                f"{layer}: ONNX output shape {tuple(got.shape)} != torch {tuple(ref.shape)}"
+            )
+        max_abs = float((got - ref).abs().max())
+        scale = float(ref.abs().max())
+        max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+        if not np.isfinite(max_abs):
+            max_rel = float("inf")
+        checks.append(LayerCheck(size, layer, max_abs, max_rel, tol))
+    return checks
+
+
+def verify(
+    path: Path, config: VerifyConfig, progress: Callable[[str], None] | None = None
+) -> VerifyReport:
+    """Run the export in ONNX Runtime and the torch engine (CPU, fp32) on the same inputs."""
+    from nst_batch.stylize import ModelConfig, load_model
+
+    path = Path(path)
+    info = read_info(path)
+    provider = resolve_provider(config.provider)
+    precision = config.precision
+    if precision == "auto":
+        precision = "fp16" if provider == "tensorrt" else "fp32"
+    if (provider, precision) not in TOLERANCES:
+        raise ConfigError(f"precision {precision} needs the tensorrt provider")
+    tol = TOLERANCES[provider, precision]
+    reference_config = ModelConfig(
+        weights=config.weights or info.weights_source,
+        pooling=info.pooling,
+        device="cpu",
+        channels_last=False,
+    )
+    model, weights = load_model(reference_config, info.layers, torch.device("cpu"))
+    check_same_weights(path, info, weights.sha256, weights.source.name)
+    session = OnnxFeatures(
+        path, SessionConfig(provider, fp16=precision == "fp16", trt_cache=config.trt_cache)
+    )
+    checks: list[LayerCheck] = []
+    timings: list[Timing] = []
+    names: list[str] = []
+    for size in config.sizes:
+        names, batch = probe_inputs(size, config.images, config.seed)
+        session(batch[:1])  # warm-up: TensorRT builds its engine for a new shape here
+        onnx_out, onnx_s = session.timed(batch)
+        with torch.no_grad():
+            start = time.perf_counter()
+            torch_out = model(batch)
+            torch_s = time.perf_counter() - start
+        checks += compare(onnx_out, torch_out, size, tol)
+        timings.append(Timing(size, batch.shape[0], onnx_s, torch_s))
+        if progress is not None:
+            progress(f"{size[0]}x{size[1]}: compared {len(names)} inputs")
+    return VerifyReport(
+        path, info, provider, precision, tol, tuple(names), tuple(checks), tuple(timings)
+    )
+
+
+def check_same_weights(path: Path, info: ExportInfo, sha256: str, source: str) -> None:
+    if info.weights_sha256 != sha256:
+        raise OnnxError(
+            f"{path} was exported from other weights ({info.weights_source}, sha256 "
+            f"{info.weights_sha256[:12]}) than the engine's ({source}, {sha256[:12]}); "
+            "re-export it with the same --weights"
+        )
+
+
+def check_engine_parity(
+    path: Path,
+    model: torch.nn.Module,
+    weights_sha256: str,
+    weights_source: str,
+    pooling: str,
+) -> list[LayerCheck]:
+    """The start-up check behind ``--check-onnx``: the engine's own feature stack (its device,
+    layout and decoded weights) against the export in ONNX Runtime on the CPU, on a probe image.
+
+    ``model`` must output at least the export's layers. Raises ParityError listing the layers out
+    of tolerance, so a corrupt weights file or a broken driver stops a run before it makes art.
+    """
+    info = read_info(path)
+    check_same_weights(path, info, weights_sha256, weights_source)
+    if info.pooling != pooling:
+        raise OnnxError(
+            f"{path} was exported with {info.pooling} pooling, the engine uses {pooling}"
+        )
+    device = next(model.parameters()).device
+    tol = ENGINE_TOLERANCE.get(device.type, ENGINE_TOLERANCE["cuda"])
+    _, probe = probe_inputs((96, 64), (), seed=0)
+    onnx_out = OnnxFeatures(path, SessionConfig("cpu"))(probe)
+    with torch.no_grad():
+        engine_out = model(probe.to(device))
+    missing = [name for name in info.layers if name not in engine_out]
+    if missing:
+        raise OnnxError(f"the engine's model lacks the export's layers {', '.join(missing)}")
+    checks = compare(onnx_out, {n: engine_out[n] for n in info.layers}, (96, 64), tol)
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        detail = ", ".join(f"{c.layer} {c.max_rel:.2e}" for c in bad)
+        raise ParityError(
+            f"the engine's features differ from {path} beyond {tol:g} (scaled max error: "
+            f"{detail}); the weights file, the export or the device is broken"
+        )
+    return checks
