@@ -53,6 +53,12 @@ class PoolingChoice(str, Enum):
     avg = "avg"
 
 
+class EnginePrecision(str, Enum):
+    fp32 = "fp32"
+    tf32 = "tf32"
+    bf16 = "bf16"
+
+
 class TargetsBackend(str, Enum):
     auto = "auto"
     torch = "torch"
@@ -243,6 +249,12 @@ def stylize_command(
     check_onnx: Path | None = typer.Option(
         None, help="An `nst-batch export`: check the engine's features against it first."
     ),
+    precision: EnginePrecision | None = typer.Option(
+        None, help="fp32, tf32 (CUDA convolutions) or bf16 (autocast; losses stay fp32) [fp32]."
+    ),
+    cuda_graphs: bool | None = typer.Option(
+        None, "--cuda-graphs/--no-cuda-graphs", help="Replay each step as a CUDA graph [on]."
+    ),
 ) -> None:
     """Stylize CONTENT with the look of STYLE; writes OUTPUT and OUTPUT.json (all parameters)."""
     style_list = ([style] if style else []) + list(styles or [])
@@ -272,6 +284,8 @@ def stylize_command(
             "weights": weights,
             "pooling": pooling.value if pooling else None,
             "targets_backend": targets_backend.value if targets_backend else None,
+            "precision": precision.value if precision else None,
+            "cuda_graphs": cuda_graphs,
         }
         if reconstruct is not None:
             # Reconstruction from white noise, as in the paper's Fig. 1.

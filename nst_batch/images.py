@@ -89,12 +89,26 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def resized_shape(size: tuple[int, int], long_edge: int) -> tuple[int, int]:
+    """(W, H) after resizing ``size`` (W, H) so its longer side is ``long_edge``."""
+    w, h = size
+    scale = long_edge / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def oriented_size(path: Path) -> tuple[int, int]:
+    """(W, H) of an image file as :func:`open_rgb` will return it (EXIF rotation applied),
+    read from the header only."""
+    with Image.open(path) as img:
+        w, h = img.size
+        rotated = img.getexif().get(0x0112) in (5, 6, 7, 8)  # orientations that swap W and H
+    return (h, w) if rotated else (w, h)
+
+
 def resize_long_edge(img: Image.Image, long_edge: int) -> Image.Image:
     """Resize so the longer side is ``long_edge`` pixels, keeping the aspect ratio."""
-    w, h = img.size
-    scale = long_edge / max(w, h)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if size == (w, h):
+    size = resized_shape(img.size, long_edge)
+    if size == img.size:
         return img
     return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 

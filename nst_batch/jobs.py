@@ -11,14 +11,17 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from nst_batch.engine.losses import LossConfig
 from nst_batch.engine.optimize import OptimConfig, Progress
 from nst_batch.errors import ConfigError
+from nst_batch.images import oriented_size, resized_shape
 from nst_batch.presets import parse_floats, parse_layers
 from nst_batch.stylize import (
     ModelConfig,
@@ -26,9 +29,12 @@ from nst_batch.stylize import (
     OutputConfig,
     StylizeConfig,
     StylizeResult,
+    batch_key,
     build_config,
     parameter_hash,
+    read_inputs,
     stylize,
+    stylize_batch,
 )
 
 OUTPUT_KEYS = frozenset(f.name for f in dataclasses.fields(OutputConfig))
@@ -178,3 +184,36 @@ def run_job(
         models,
         keep_interrupted=False,
     )
+
+
+def run_batch(
+    jobs: Sequence[Job], models: ModelPool, progress: Callable[[Progress], None] | None = None
+) -> list[StylizeResult]:
+    """Run jobs that can share a batch (:func:`batch_groups`) as one; each job's output and
+    sidecar are written as :func:`run_job` writes them, and its result is the one it gets alone.
+    ``progress`` sees the whole batch (``Progress.jobs`` has each job's losses)."""
+    inputs = [
+        read_inputs(job.content, list(job.styles), job.output, job.config, job.outputs)
+        for job in jobs
+    ]
+    return stylize_batch(inputs, progress, models, keep_interrupted=False)
+
+
+def batch_groups(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
+    """Split jobs into batches of at most ``batch_size`` that can run as one: same
+    :func:`~nst_batch.stylize.batch_key` and content of the same shape at the output size.
+    Order is kept within a group; groups come in the order of their first job. Jobs whose input
+    cannot be read go alone (their error then surfaces when they run)."""
+    groups: dict[tuple[Any, ...], list[list[Job]]] = {}
+    for index, job in enumerate(jobs):
+        try:
+            shape = resized_shape(oriented_size(job.content), job.config.size)
+            key: tuple[Any, ...] = (batch_key(job.config), shape)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            key = ("alone", index)
+        batches = groups.setdefault(key, [[]])
+        if len(batches[-1]) >= batch_size:
+            batches.append([])
+        batches[-1].append(job)
+    ordered = sorted(groups.values(), key=lambda b: jobs.index(b[0][0]))
+    return [batch for batches in ordered for batch in batches]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,12 +15,28 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from nst_batch import __version__
 from nst_batch.color import preserve_colors
-from nst_batch.engine.losses import LossConfig, LossTerms, compute_targets, objective
-from nst_batch.engine.optimize import OptimConfig, OptimizeResult, Progress, optimize
+from nst_batch.engine.graphs import Precision, check_precision, features_at, precision_context
+from nst_batch.engine.losses import (
+    LossConfig,
+    LossTerms,
+    Targets,
+    compute_targets,
+    objective_weights,
+    stack_targets,
+    weighted_terms,
+)
+from nst_batch.engine.optimize import (
+    CUDA_SYNC_EVERY,
+    OptimConfig,
+    OptimizeResult,
+    Progress,
+    optimize,
+)
 from nst_batch.engine.vgg import Pooling, VGG19Features, load_state
 from nst_batch.engine.weights import Weights, load_weights, resolve_source, sha256_file
 from nst_batch.errors import ConfigError, NstError
@@ -48,6 +65,11 @@ class ModelConfig:
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     channels_last: bool = True  # NHWC activations; measured faster on CPU (benchmarks/cpu.py)
     targets_backend: str = "auto"  # "torch", "onnx" (ONNX Runtime) or "auto" (per device)
+    precision: Precision = "fp32"  # "fp32", "tf32" (CUDA convolutions) or "bf16" (autocast)
+    cuda_graphs: bool = True  # replay the evaluation as a CUDA graph on CUDA
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -274,8 +296,9 @@ def parameter_hash(content: Path, styles: Sequence[Path], config: StylizeConfig)
     changes the hash. The device is left out so work done on one machine counts on another.
     """
     settings = dataclasses.asdict(config)
-    for name in ("device", "targets_backend"):  # same numbers wherever they are computed
+    for name in ("device", "targets_backend", "cuda_graphs"):  # same numbers however computed
         settings["model"].pop(name)
+    settings["optim"].pop("sync_every")  # when the host reads losses, not what they are
     record = {
         "content": sha256_file(Path(content)),
         "styles": [sha256_file(Path(s)) for s in styles],
@@ -291,10 +314,10 @@ def initial_image(init: str, content: Tensor, seed: int) -> Tensor:
         return content.clone()
     if init == "noise":
         generator = torch.Generator().manual_seed(seed)  # local: no global RNG state touched
-        return torch.rand(content.shape, generator=generator).to(content.device)
+        return torch.rand(content.shape, generator=generator).to(content)
     h, w = content.shape[-2:]
     img = open_rgb(Path(init)).resize((w, h))
-    return to_tensor(img).to(content.device)
+    return to_tensor(img).to(content)
 
 
 def resize_to(image: Tensor, long_edge: int) -> Tensor:
@@ -305,6 +328,24 @@ def resize_to(image: Tensor, long_edge: int) -> Tensor:
     if size == (h, w):
         return image
     return F.interpolate(image, size=size, mode="bicubic", antialias=True).clamp(0, 1)
+
+
+def batch_key(config: StylizeConfig) -> tuple[Any, ...]:
+    """Jobs whose configs share this key, with content images of the same shape at the output
+    size, can be optimized as one batch: they differ only in weights, styles, init and colours."""
+    loss = config.loss
+    return (
+        config.size,
+        config.pyramid(),
+        config.scale_steps,
+        config.model,
+        dataclasses.replace(config.optim, sync_every=None),
+        tuple(n for n, _ in loss.content_layers),
+        tuple(n for n, _ in loss.style_layers),
+        loss.normalization,
+        loss.tv_kind,
+        loss.tv_exponent,
+    )
 
 
 def stylize_tensors(
@@ -324,10 +365,33 @@ def stylize_tensors(
     across all scales. ``target_model`` computes the targets (forward only) when given, e.g.
     the ONNX Runtime copy of ``model``; the optimization always differentiates ``model``.
     """
+    styles = [styles] if isinstance(styles, Tensor) else list(styles)
+    return stylize_batch_tensors([content], [styles], [config], model, progress, target_model)
+
+
+def stylize_batch_tensors(
+    contents: Sequence[Tensor],
+    styles: Sequence[Sequence[Tensor]],
+    configs: Sequence[StylizeConfig],
+    model: VGG19Features,
+    progress: Callable[[Progress], None] | None = None,
+    target_model: Callable[[Tensor], dict[str, Tensor]] | None = None,
+) -> OptimizeResult:
+    """:func:`stylize_tensors` for several jobs optimized as one (B, 3, H, W) batch.
+
+    Each job has its content (1, 3, H, W) (all the same shape), its style images and its config
+    (all with the same :func:`batch_key`); targets and weights are per job, and each job's path
+    is the one it takes alone. The result's image is (B, 3, H, W), its ``losses`` per job.
+    """
+    keys = {batch_key(c) for c in configs}
+    shapes = {tuple(c.shape[-2:]) for c in contents}
+    if len(keys) > 1 or len(shapes) > 1:
+        raise ConfigError("jobs batched together need the same size, layers and optimizer")
+    config = configs[0]  # what all jobs share
     device = next(model.parameters()).device
     features = target_model or model
-    styles = [styles] if isinstance(styles, Tensor) else list(styles)
-    content = content.to(device)
+    differentiable = features_at(model, config.model.precision)
+    content = torch.cat([c.to(device) for c in contents])  # (B, 3, H, W)
     pyramid = config.pyramid()
     steps = [config.steps_at(i, len(pyramid)) for i in range(len(pyramid))]
     # Time budget shares follow each scale's cost (pixels x steps).
@@ -336,22 +400,27 @@ def stylize_tensors(
     offset, history = 0, []
     image: Tensor | None = None
     result: OptimizeResult | None = None
+    weights = objective_weights([c.loss for c in configs], device, content.dtype)
     for i, long_edge in enumerate(pyramid):
         level_content = resize_to(content, long_edge)
-        style_edge = max(16, round(config.style_scale * long_edge))
         with torch.no_grad():
-            targets = compute_targets(
-                features(level_content),
-                [features(resize_to(s.to(device), style_edge)) for s in styles],
-                config.loss,
-                config.style_blend,
+            targets = stack_targets(
+                [
+                    _targets(features, level_content[j : j + 1], styles[j], c, long_edge)
+                    for j, c in enumerate(configs)
+                ]
             )
 
         def loss_fn(x: Tensor, targets: Any = targets) -> LossTerms:
-            return objective(x, model(x), targets, config.loss)
+            return weighted_terms(x, differentiable(x), targets, weights)
 
         if image is None:
-            init = initial_image(config.init, level_content, config.seed)
+            init = torch.cat(
+                [
+                    initial_image(c.init, level_content[j : j + 1], c.seed)
+                    for j, c in enumerate(configs)
+                ]
+            )
         else:
             init = F.interpolate(image, size=level_content.shape[-2:], mode="bicubic")
         optim = config.optim
@@ -375,7 +444,8 @@ def stylize_tensors(
             if progress is not None:
                 progress(globally(p))
 
-        result = optimize(init, loss_fn, optim, report)
+        with precision_context(config.model.precision, device):
+            result = optimize(init, loss_fn, optim, report, graphs=config.model.cuda_graphs)
         history += [dataclasses.replace(globally(p), image=None) for p in result.history]
         offset += steps[i]
         image = result.image
@@ -384,8 +454,14 @@ def stylize_tensors(
     assert result is not None and image is not None
     if image.shape[-2:] != content.shape[-2:]:  # stopped at a coarse scale
         image = F.interpolate(image, size=content.shape[-2:], mode="bicubic").clamp(0, 1)
-    if config.preserve_colors:
-        image = preserve_colors(image, content)
+    image = torch.cat(
+        [
+            preserve_colors(image[j : j + 1], content[j : j + 1])
+            if c.preserve_colors
+            else image[j : j + 1]
+            for j, c in enumerate(configs)
+        ]
+    )
     return dataclasses.replace(
         result,
         image=image,
@@ -395,8 +471,140 @@ def stylize_tensors(
     )
 
 
+def _targets(
+    features: Callable[[Tensor], dict[str, Tensor]],
+    content: Tensor,
+    styles: Sequence[Tensor],
+    config: StylizeConfig,
+    long_edge: int,
+) -> Targets:
+    """One job's targets at one pyramid level: content (1, 3, H, W) already at that level."""
+    device = content.device
+    style_edge = max(16, round(config.style_scale * long_edge))
+    return compute_targets(
+        features(content),
+        [features(resize_to(s.to(device), style_edge)) for s in styles],
+        config.loss,
+        config.style_blend,
+    )
+
+
 def sidecar_path(output: Path) -> Path:
     return output.with_suffix(".json")
+
+
+@dataclass
+class JobInputs:
+    """One job's decoded inputs and where its results go."""
+
+    content_path: Path
+    style_paths: list[Path]
+    output_path: Path
+    config: StylizeConfig
+    outputs: OutputConfig
+    content_img: Image.Image
+    style_imgs: list[Image.Image]
+    content_small: Image.Image  # at the output size
+
+
+def read_inputs(
+    content_path: Path,
+    style_paths: Path | Sequence[Path],
+    output_path: Path,
+    config: StylizeConfig,
+    outputs: OutputConfig | None = None,
+) -> JobInputs:
+    """Check and decode a job's inputs before any model work, so bad input fails in a second."""
+    output_path = Path(output_path)
+    paths = [Path(style_paths)] if isinstance(style_paths, (str, Path)) else list(style_paths)
+    check_output_path(output_path)
+    if not paths:
+        raise ConfigError("at least one style image is needed")
+    if config.style_blend is not None and len(config.style_blend) != len(paths):
+        raise ConfigError(
+            f"style_blend has {len(config.style_blend)} weights for {len(paths)} style images"
+        )
+    if config.init not in ("content", "noise"):
+        open_rgb(Path(config.init))  # fail now on a bad init image
+    content_img = open_rgb(Path(content_path))
+    return JobInputs(
+        content_path=Path(content_path),
+        style_paths=paths,
+        output_path=output_path,
+        config=config,
+        outputs=outputs or OutputConfig(),
+        content_img=content_img,
+        style_imgs=[open_rgb(p) for p in paths],
+        content_small=resize_long_edge(content_img, config.size),
+    )
+
+
+def _progress_fanout(
+    jobs: Sequence[JobInputs], progress: Callable[[Progress], None] | None
+) -> Callable[[Progress], None]:
+    """The loop's callback: the caller's progress (whole batch), and each job's snapshots."""
+    from nst_batch.sheet import snapshot_writer
+
+    writers = [snapshot_writer(j.output_path, j.outputs.save_every) for j in jobs]
+
+    def report(p: Progress) -> None:
+        if progress is not None:
+            progress(p)
+        for i, write in enumerate(writers):
+            if write is not None:
+                write(p.job(i) if len(writers) > 1 else p)
+
+    return report
+
+
+def _sync_for_snapshots(jobs: Sequence[JobInputs], config: StylizeConfig) -> StylizeConfig:
+    """Snapshots need the image on the host at their steps: read back at least that often."""
+    every = [j.outputs.save_every for j in jobs if j.outputs.save_every]
+    if not every or config.optim.sync_every is not None:
+        return config
+    sync = math.gcd(CUDA_SYNC_EVERY, *every)
+    return dataclasses.replace(config, optim=dataclasses.replace(config.optim, sync_every=sync))
+
+
+def _write_result(
+    job: JobInputs,
+    image: Tensor,
+    result: OptimizeResult,
+    weights: Weights,
+    device: torch.device,
+    wall_seconds: float,
+) -> StylizeResult:
+    """Write one job's image, extras and sidecar (last: a sidecar marks a finished job)."""
+    from nst_batch.sheet import loss_plot, write_sheet
+
+    config, outputs, output_path = job.config, job.outputs, job.output_path
+    save_image(image, output_path)
+    extra_files: dict[str, str] = {}
+    if outputs.sheet:
+        extra_files["sheet"] = str(
+            write_sheet(output_path, job.content_small, job.style_imgs, image, config)
+        )
+        plot = loss_plot(output_path, result.history)
+        extra_files["loss_plot"] = str(plot) if plot else "skipped: matplotlib is not installed"
+    metadata = _metadata(
+        config=config,
+        weights=weights,
+        device=device,
+        inputs={
+            "content": [(job.content_path, job.content_img.size, job.content_small.size)],
+            "styles": [
+                (p, img.size, _style_size(img.size, job.content_small.size, config))
+                for p, img in zip(job.style_paths, job.style_imgs, strict=True)
+            ],
+        },
+        output_path=output_path,
+        result=result,
+        wall_seconds=wall_seconds,
+    )
+    metadata["files"] = extra_files
+    metadata["parameter_hash"] = parameter_hash(job.content_path, job.style_paths, config)
+    write_atomic(sidecar_path(output_path), json.dumps(metadata, indent=2).encode() + b"\n")
+    return StylizeResult(image=image, optimization=result, metadata=metadata)
 
 
 def stylize(
@@ -417,70 +625,54 @@ def stylize(
     nothing is written and KeyboardInterrupt propagates. An exception raised by ``progress``
     aborts the run and propagates, writing nothing (how a daemon cancels a job).
     """
-    from nst_batch.sheet import loss_plot, snapshot_writer, write_sheet
+    job = read_inputs(content_path, style_paths, output_path, config, outputs)
+    return stylize_batch([job], progress, models, keep_interrupted)[0]
 
+
+def stylize_batch(
+    jobs: Sequence[JobInputs],
+    progress: Callable[[Progress], None] | None = None,
+    models: ModelPool | None = None,
+    keep_interrupted: bool = True,
+) -> list[StylizeResult]:
+    """Run jobs (from :func:`read_inputs`) with one :func:`batch_key` and same-shaped content
+    as one batch; write each job's image and sidecar. ``progress`` sees the whole batch."""
     wall_start = time.perf_counter()
-    outputs = outputs or OutputConfig()
-    output_path = Path(output_path)
-    style_paths = [Path(style_paths)] if isinstance(style_paths, (str, Path)) else style_paths
-    check_output_path(output_path)
-    if not style_paths:
-        raise ConfigError("at least one style image is needed")
-    if config.style_blend is not None and len(config.style_blend) != len(style_paths):
-        raise ConfigError(
-            f"style_blend has {len(config.style_blend)} weights for {len(style_paths)} style images"
-        )
-    if config.init not in ("content", "noise"):
-        open_rgb(Path(config.init))  # fail now on a bad init image
-    content_img = open_rgb(Path(content_path))
-    style_imgs = [open_rgb(Path(p)) for p in style_paths]
-    content_small = resize_long_edge(content_img, config.size)
+    config = _sync_for_snapshots(jobs, jobs[0].config)
     device = resolve_device(config.model.device)
     models = models or ModelPool()
     model, weights = models.get(config.model, config.loss.layers, device)
-    job_hash = parameter_hash(Path(content_path), style_paths, config)
-
-    callbacks = [c for c in (progress, snapshot_writer(output_path, outputs.save_every)) if c]
-
-    def report(p: Progress) -> None:
-        for callback in callbacks:
-            callback(p)
-
-    style_tensors = [to_tensor(img) for img in style_imgs]
     targets = models.targets(config.model, config.loss.layers, device)
-    result = stylize_tensors(
-        to_tensor(content_small), style_tensors, config, model, report, target_model=targets
+    configs = [dataclasses.replace(j.config, optim=config.optim) for j in jobs]
+    result = stylize_batch_tensors(
+        [to_tensor(j.content_small) for j in jobs],
+        [[to_tensor(img) for img in j.style_imgs] for j in jobs],
+        configs,
+        model,
+        _progress_fanout(jobs, progress),
+        target_model=targets,
     )
     if result.interrupted and not keep_interrupted:
         raise KeyboardInterrupt  # batch runs redo the job later rather than keep a partial result
-    image = result.image.cpu()
-    save_image(image, output_path)
-    extra_files: dict[str, str] = {}
-    if outputs.sheet:
-        extra_files["sheet"] = str(
-            write_sheet(output_path, content_small, style_imgs, image, config)
-        )
-        plot = loss_plot(output_path, result.history)
-        extra_files["loss_plot"] = str(plot) if plot else "skipped: matplotlib is not installed"
-    metadata = _metadata(
-        config=config,
-        weights=weights,
-        device=device,
-        inputs={
-            "content": [(Path(content_path), content_img.size, content_small.size)],
-            "styles": [
-                (Path(p), img.size, _style_size(img.size, content_small.size, config))
-                for p, img in zip(style_paths, style_imgs, strict=True)
-            ],
-        },
-        output_path=output_path,
-        result=result,
-        wall_seconds=time.perf_counter() - wall_start,
+    wall = time.perf_counter() - wall_start
+    images = result.image.cpu()
+    return [
+        _write_result(job, images[i : i + 1], _job_result(result, i), weights, device, wall)
+        for i, job in enumerate(jobs)
+    ]
+
+
+def _job_result(result: OptimizeResult, index: int) -> OptimizeResult:
+    """One job's view of a batch's optimization."""
+    if result.image.shape[0] == 1:
+        return result
+    return dataclasses.replace(
+        result,
+        image=result.image[index : index + 1],
+        loss=result.losses[index],
+        losses=(result.losses[index],),
+        history=[p.job(index) for p in result.history],
     )
-    metadata["files"] = extra_files
-    metadata["parameter_hash"] = job_hash
-    write_atomic(sidecar_path(output_path), json.dumps(metadata, indent=2).encode() + b"\n")
-    return StylizeResult(image=image, optimization=result, metadata=metadata)
 
 
 def _style_size(

@@ -139,53 +139,72 @@ def _per_image(x: Tensor, target: Tensor, reduce: Literal["sum", "mean", "relati
     return diff.sum(dim=dims) / target.pow(2).sum(dim=dims).clamp_min(1e-12)
 
 
-def content_loss(features: Tensor, target: Tensor, normalization: Normalize = "relative") -> Tensor:
-    """Squared error between feature maps (B, C, H, W).
+def content_terms(
+    features: Tensor, target: Tensor, normalization: Normalize = "relative"
+) -> Tensor:
+    """Squared error between feature maps (B, C, H, W), one value per image: (B,).
 
     ``"paper"``: eq. 1 of Gatys et al., ``1/2 sum (F - P)^2``.
     ``"mse"``: ``mean (F - P)^2`` (the paper's value times ``2 / (C H W)``).
     ``"relative"``: ``sum (F - P)^2 / sum P^2``.
-    A batch gives the sum of its images' values.
     """
-    # Summed over the batch: a job's gradient never depends on its batch mates.
     if normalization == "paper":
-        return 0.5 * _per_image(features, target, "sum").sum()
-    return _per_image(features, target, "mean" if normalization == "mse" else "relative").sum()
+        return 0.5 * _per_image(features, target, "sum")
+    return _per_image(features, target, "mean" if normalization == "mse" else "relative")
 
 
-def style_loss(
+def style_terms(
     gram_x: Tensor, gram_target: Tensor, normalization: Normalize = "relative"
 ) -> Tensor:
-    """Squared error between Gram matrices (B, C, C).
+    """Squared error between Gram matrices (B, C, C), one value per image: (B,).
 
     ``"paper"``: eq. 4 of Gatys et al., ``E_l = 1/(4 N^2 M^2) sum (G - A)^2`` for unnormalised
     Grams, which with :func:`gram`'s ``G / M`` is ``1/4 mean_ij (G_ij - A_ij)^2``.
     ``"mse"``: ``mean_ij (G_ij - A_ij)^2`` (``4 E_l``).
     ``"relative"``: ``sum_ij (G_ij - A_ij)^2 / sum_ij A_ij^2``.
-    A batch gives the sum of its images' values.
     """
     if normalization == "paper":
-        return 0.25 * _per_image(gram_x, gram_target, "mean").sum()
-    return _per_image(gram_x, gram_target, "mean" if normalization == "mse" else "relative").sum()
+        return 0.25 * _per_image(gram_x, gram_target, "mean")
+    return _per_image(gram_x, gram_target, "mean" if normalization == "mse" else "relative")
 
 
-def tv_loss(image: Tensor, kind: TVKind = "l2", exponent: float = 1.0) -> Tensor:
-    """Total variation of an image (B, C, H, W).
+def tv_terms(image: Tensor, kind: TVKind = "l2", exponent: float = 1.0) -> Tensor:
+    """Total variation of each image of a batch (B, C, H, W) -> (B,).
 
     ``"l2"``: ``mean((dx^2 + dy^2) ** exponent)`` over the positions that have both neighbours (the
     Keras neural style recipe uses exponent 1.25). ``"l1"``: ``mean(|dx|) + mean(|dy|)``.
     """
+    dims = (1, 2, 3)
     if kind == "l1":
-        dx = (image[..., :, 1:] - image[..., :, :-1]).abs().mean()
-        dy = (image[..., 1:, :] - image[..., :-1, :]).abs().mean()
+        dx = (image[..., :, 1:] - image[..., :, :-1]).abs().mean(dim=dims)
+        dy = (image[..., 1:, :] - image[..., :-1, :]).abs().mean(dim=dims)
         return dx + dy
     dx = image[..., :-1, 1:] - image[..., :-1, :-1]  # (B, C, H-1, W-1)
     dy = image[..., 1:, :-1] - image[..., :-1, :-1]
     energy = dx.pow(2) + dy.pow(2)
     if exponent == 1.0:
-        return energy.mean()
+        return energy.mean(dim=dims)
     # The epsilon keeps the gradient finite where the image is flat and exponent < 1.
-    return (energy + 1e-8).pow(exponent).mean()
+    return (energy + 1e-8).pow(exponent).mean(dim=dims)
+
+
+# A batch's loss is the sum of its images' losses, so a job's gradient never depends on its
+# batch mates (batched jobs, nst_batch.batch).
+def content_loss(features: Tensor, target: Tensor, normalization: Normalize = "relative") -> Tensor:
+    """:func:`content_terms` summed over the batch."""
+    return content_terms(features, target, normalization).sum()
+
+
+def style_loss(
+    gram_x: Tensor, gram_target: Tensor, normalization: Normalize = "relative"
+) -> Tensor:
+    """:func:`style_terms` summed over the batch."""
+    return style_terms(gram_x, gram_target, normalization).sum()
+
+
+def tv_loss(image: Tensor, kind: TVKind = "l2", exponent: float = 1.0) -> Tensor:
+    """:func:`tv_terms` summed over the batch."""
+    return tv_terms(image, kind, exponent).sum()
 
 
 def compute_targets(
@@ -212,29 +231,98 @@ def compute_targets(
     return Targets(content=content, style=style)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class ObjectiveWeights:
+    """The weights of a batch's objective, one per image, as tensors made once before the loop.
+
+    Batched jobs may weigh their terms and layers differently; they share the layer set, the
+    normalization and the kind of TV. Made before the loop because a captured CUDA graph cannot
+    copy host numbers to the device. Layers whose weight is zero for every image are left out.
+    """
+
+    content: tuple[tuple[str, Tensor], ...]  # (layer, (B,) weight times content_weight)
+    style: tuple[tuple[str, Tensor], ...]  # (layer, (B,) weight times style_weight)
+    tv: Tensor | None  # (B,); None when no image has TV
+    normalization: Normalize
+    tv_kind: TVKind
+    tv_exponent: float
+
+
+def objective_weights(
+    configs: Sequence[LossConfig],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> ObjectiveWeights:
+    """Per-image weights for a batch with one :class:`LossConfig` per image."""
+    first = configs[0]
+    shared = (first.normalization, first.tv_kind, first.tv_exponent)
+    if any((c.normalization, c.tv_kind, c.tv_exponent) != shared for c in configs):
+        raise ConfigError("jobs optimized as one batch must share normalization and TV kind")
+
+    def column(values: list[float]) -> Tensor | None:
+        return torch.tensor(values, dtype=dtype, device=device) if any(values) else None
+
+    def layers(group: str, weight: str) -> tuple[tuple[str, Tensor], ...]:
+        names = dict.fromkeys(n for c in configs for n, _ in getattr(c, group))
+        columns = {
+            n: column([getattr(c, weight) * dict(getattr(c, group)).get(n, 0.0) for c in configs])
+            for n in names
+        }
+        return tuple((n, w) for n, w in columns.items() if w is not None)
+
+    return ObjectiveWeights(
+        content=layers("content_layers", "content_weight"),
+        style=layers("style_layers", "style_weight"),
+        tv=column([c.tv_weight for c in configs]),
+        normalization=first.normalization,
+        tv_kind=first.tv_kind,
+        tv_exponent=first.tv_exponent,
+    )
+
+
+def weighted_terms(
+    image: Tensor,
+    features: Mapping[str, Tensor],
+    targets: Targets,
+    weights: ObjectiveWeights,
+) -> LossTerms:
+    """The weighted Gatys terms of each image of a batch (B, 3, H, W): each field is (B,)."""
+    zero = image.new_zeros(image.shape[0], dtype=_wide(image).dtype)
+    content, style, tv = zero, zero, zero
+    for name, w in weights.content:
+        content = content + w * content_terms(
+            features[name], targets.content[name], weights.normalization
+        )
+    for name, w in weights.style:
+        style = style + w * style_terms(
+            gram(features[name]), targets.style[name], weights.normalization
+        )
+    if weights.tv is not None:
+        tv = weights.tv * tv_terms(image, weights.tv_kind, weights.tv_exponent)
+    return LossTerms(content=content, style=style, tv=tv, total=content + style + tv)
+
+
 def objective(
     image: Tensor,
     features: Mapping[str, Tensor],
     targets: Targets,
     config: LossConfig,
 ) -> LossTerms:
-    """The weighted Gatys objective for an image (B, 3, H, W) and its features."""
-    zero = image.new_zeros((), dtype=_wide(image).dtype)
-    content, style = zero, zero
-    if config.content_weight:
-        for name, w in config.content_layers:
-            if w:
-                content = content + w * content_loss(
-                    features[name], targets.content[name], config.normalization
-                )
-    if config.style_weight:
-        for name, w in config.style_layers:
-            if w:
-                style = style + w * style_loss(
-                    gram(features[name]), targets.style[name], config.normalization
-                )
-    tv = tv_loss(image, config.tv_kind, config.tv_exponent) if config.tv_weight else zero
-    content = config.content_weight * content
-    style = config.style_weight * style
-    tv = config.tv_weight * tv
-    return LossTerms(content=content, style=style, tv=tv, total=content + style + tv)
+    """The weighted Gatys objective for an image (B, 3, H, W): scalars, summed over the batch."""
+    weights = objective_weights([config] * image.shape[0], image.device, _wide(image).dtype)
+    terms = weighted_terms(image, features, targets, weights)
+    return LossTerms(
+        content=terms.content.sum(),
+        style=terms.style.sum(),
+        tv=terms.tv.sum(),
+        total=terms.total.sum(),
+    )
+
+
+def stack_targets(targets: Sequence[Targets]) -> Targets:
+    """Targets of single jobs (batch 1 each) as one batch, in order."""
+    first = targets[0]
+    return Targets(
+        content={n: torch.cat([t.content[n] for t in targets]) for n in first.content},
+        style={n: torch.cat([t.style[n] for t in targets]) for n in first.style},
+    )

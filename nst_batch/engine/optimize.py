@@ -1,20 +1,28 @@
-"""The optimization loop: pixels of a [0, 1] RGB image, L-BFGS or Adam.
+"""The optimization loop: pixels of a batch of [0, 1] RGB images, L-BFGS or Adam.
 
 The loop never prints or saves; it reports each step through a callback with a :class:`Progress`
 and returns the best image it evaluated. Every evaluated image is first projected onto [0, 1], so
 the returned image is exactly one whose loss was measured.
+
+A batch (B, 3, H, W) is B independent jobs: the loss function returns one value per image, each
+image keeps its own L-BFGS history (:class:`~nst_batch.engine.lbfgs.BatchedLBFGS`) or Adam moments
+(element-wise by construction) and its own best image, so a job's result does not depend on its
+batch mates. On CUDA the evaluation (Adam: the whole step) replays as a CUDA graph and the loop
+reads numbers back only every ``sync_every`` steps, so the GPU never waits for Python.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from nst_batch.engine.graphs import Replay
+from nst_batch.engine.lbfgs import BatchedLBFGS
 from nst_batch.engine.losses import LossTerms
 from nst_batch.errors import ConfigError
 
@@ -22,6 +30,9 @@ OptimizerName = Literal["lbfgs", "adam"]
 # Step sizes on the [0, 1] pixel scale. L-BFGS scales its own steps, so 1.0 is the usual choice;
 # 0.02 for Adam moves a pixel by ~5 grey levels per step at first.
 DEFAULT_LR: dict[str, float] = {"lbfgs": 1.0, "adam": 0.02}
+# Steps between reads of the loss on the host (progress, time budget, early stop) on a GPU; on
+# a CPU reading is free and happens every step.
+CUDA_SYNC_EVERY = 25
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,7 @@ class OptimConfig:
     max_seconds: float | None = None  # time budget for the loop
     tolerance: float = 0.0  # early stop: best loss improved by less than this fraction ...
     window: int = 50  # ... over this many steps; tolerance 0 = never
+    sync_every: int | None = None  # read losses every N steps; None: 1 on CPU, 25 on CUDA
 
     def __post_init__(self) -> None:
         if self.optimizer not in DEFAULT_LR:
@@ -50,6 +62,8 @@ class OptimConfig:
             raise ConfigError(f"max_seconds must be positive, not {self.max_seconds}")
         if self.tolerance < 0 or self.window < 1:
             raise ConfigError("tolerance must be >= 0 and window >= 1")
+        if self.sync_every is not None and self.sync_every < 1:
+            raise ConfigError(f"sync_every must be at least 1, not {self.sync_every}")
 
     @property
     def step_size(self) -> float:
@@ -58,7 +72,8 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class Progress:
-    """One optimizer step, as reported to the callback. Losses are the weighted terms."""
+    """One optimizer step, as reported to the callback. Losses are the weighted terms, summed
+    over the batch; ``jobs`` has each image's (total, content, style, tv)."""
 
     step: int  # 1-based
     total: int
@@ -67,9 +82,25 @@ class Progress:
     style: float
     tv: float
     elapsed: float  # seconds since the loop started
-    # The iterate just evaluated, (B, 3, H, W); a live tensor: clone it to keep it.
+    # The iterate just evaluated, (B, 3, H, W); a live tensor: clone it to keep it. Given at the
+    # steps where the loop reads back from the device (every step on CPU), else None.
     image: Tensor | None = field(default=None, repr=False, compare=False)
     scale: int = 0  # pyramid level (0 = coarsest) when optimizing coarse to fine
+    jobs: tuple[tuple[float, float, float, float], ...] = field(default=(), repr=False)
+
+    def job(self, index: int) -> Progress:
+        """This step as seen by one image of the batch."""
+        total, content, style, tv = self.jobs[index]
+        image = None if self.image is None else self.image[index : index + 1]
+        return replace(
+            self,
+            loss=total,
+            content=content,
+            style=style,
+            tv=tv,
+            image=image,
+            jobs=(self.jobs[index],),
+        )
 
 
 StopReason = Literal["steps", "converged", "time", "interrupted"]
@@ -78,30 +109,16 @@ StopReason = Literal["steps", "converged", "time", "interrupted"]
 @dataclass
 class OptimizeResult:
     image: Tensor  # (B, 3, H, W) in [0, 1]: the best image evaluated, or the iterate average
-    loss: float  # its loss
+    loss: float  # its loss (summed over the batch)
     steps: int  # steps completed
     elapsed: float  # seconds
     stop_reason: StopReason
     history: list[Progress] = field(default_factory=list)
+    losses: tuple[float, ...] = ()  # each image's loss
 
     @property
     def interrupted(self) -> bool:
         return self.stop_reason == "interrupted"
-
-
-def make_optimizer(x: Tensor, config: OptimConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "adam":
-        return torch.optim.Adam([x], lr=config.step_size)
-    # One L-BFGS iteration per .step() so progress is reported each iteration; the optimizer keeps
-    # its curvature history across calls. Tolerances at zero: we decide when to stop, not LBFGS.
-    return torch.optim.LBFGS(
-        [x],
-        lr=config.step_size,
-        max_iter=1,
-        history_size=config.history_size,
-        tolerance_grad=0.0,
-        tolerance_change=0.0,
-    )
 
 
 def optimize(
@@ -109,72 +126,109 @@ def optimize(
     loss_fn: Callable[[Tensor], LossTerms],
     config: OptimConfig,
     callback: Callable[[Progress], None] | None = None,
+    graphs: bool = True,
 ) -> OptimizeResult:
     """Minimise ``loss_fn`` over the pixels of ``init`` (B, 3, H, W), kept in [0, 1].
 
-    Stops after ``config.steps``, on the time budget, on early convergence, or on KeyboardInterrupt
-    (Ctrl-C); in every case the result holds the best image so far (or the iterate average when
-    ``config.ema`` is set) so the caller can save it.
+    ``loss_fn`` gives each image's terms, shape (B,) (scalars will do for B = 1). Stops after
+    ``config.steps``, on the time budget, on early convergence, or on KeyboardInterrupt (Ctrl-C);
+    in every case the result holds the best image so far (or the iterate average when
+    ``config.ema`` is set) so the caller can save it. ``graphs`` replays the evaluation as a
+    CUDA graph on CUDA (no effect elsewhere).
     """
-    x = init.detach().clone().clamp_(0, 1).requires_grad_(True)
-    optimizer = make_optimizer(x, config)
+    x = init.detach().clone().clamp_(0, 1).contiguous().requires_grad_(True)
+    b = x.shape[0]
     best_image = x.detach().clone()
     current = x.detach().clone()  # the latest evaluated iterate, as reported in Progress
     average = x.detach().clone() if config.ema else None
-    best_loss = float("inf")
-    last: list[Tensor] = []  # the latest evaluation's (total, content, style, tv)
+    best_loss = torch.full((b,), float("inf"), device=x.device, dtype=x.dtype)
+    x.grad = torch.zeros_like(x)
+    adam = None
+    if config.optimizer == "adam":
+        # capturable: the step count lives on the device, so the whole step can be a graph.
+        adam = torch.optim.Adam([x], lr=config.step_size, capturable=x.is_cuda)
+    lbfgs = None
+    if config.optimizer == "lbfgs":
+        lbfgs = BatchedLBFGS(x.detach(), config.step_size, config.history_size)
 
-    def closure() -> Tensor:
-        nonlocal best_loss
+    def evaluate() -> Tensor:
+        """Project, evaluate, keep the best; Adam also steps. Returns (4, B) terms."""
         with torch.no_grad():
-            x.clamp_(0, 1)  # project, so what we evaluate is a valid image
+            x.clamp_(0, 1)
             current.copy_(x)
             if average is not None:
                 average.lerp_(current, 1 - config.ema)
-        optimizer.zero_grad(set_to_none=False)
         terms = loss_fn(x)
-        terms.total.backward()
-        values = torch.stack([terms.total, terms.content, terms.style, terms.tv]).detach()
-        loss = float(values[0])  # L-BFGS needs this number on the host anyway
-        if loss < best_loss:
-            best_loss = loss
-            best_image.copy_(x.detach())
-        last[:] = [values]
-        return terms.total
+        (grad,) = torch.autograd.grad(terms.total.sum(), x)
+        with torch.no_grad():
+            values = torch.stack([terms.total, terms.content, terms.style, terms.tv])
+            values = values.reshape(4, b).to(best_loss.dtype)
+            better = values[0] < best_loss
+            best_loss.copy_(torch.where(better, values[0], best_loss))
+            best_image.copy_(torch.where(better[:, None, None, None], current, best_image))
+            x.grad.copy_(grad)
+        if adam is not None:
+            adam.step()
+        return values
 
+    run = Replay(evaluate, x.device, enabled=graphs)
+    sync_every = config.sync_every or (CUDA_SYNC_EVERY if x.is_cuda else 1)
     history: list[Progress] = []
+    pending: list[tuple[Tensor, float]] = []  # (4, B) terms not yet read, with their times
     best_so_far: list[float] = []  # best loss after each step, for the convergence window
+    running_best = [float("inf")] * b
     start = time.perf_counter()
     reason: StopReason = "steps"
     try:
         for step in range(1, config.steps + 1):
-            optimizer.step(closure)
-            total, content, style, tv = last[0].tolist()
-            elapsed = time.perf_counter() - start
-            progress = Progress(step, config.steps, total, content, style, tv, elapsed, current)
-            history.append(progress)
-            best_so_far.append(best_loss)
-            if callback is not None:
-                callback(progress)
+            values = run()
+            if lbfgs is not None:
+                lbfgs.step(x.grad)
+            # After capture every replay refreshes the same tensor: keep a copy (on the device).
+            pending.append((values.clone() if run.captured else values, time.perf_counter()))
+            if step % sync_every and step != config.steps:
+                continue
+            rows = torch.stack([v for v, _ in pending]).tolist()  # the one host read
+            now = time.perf_counter()
+            for i, (row, (_, issued)) in enumerate(zip(rows, pending, strict=True)):
+                last = i == len(rows) - 1
+                jobs = tuple(zip(*row, strict=True))  # B x (total, content, style, tv)
+                running_best = [min(r, j[0]) for r, j in zip(running_best, jobs, strict=True)]
+                best_so_far.append(sum(running_best))
+                n = step - len(rows) + 1 + i
+                p = Progress(
+                    n,
+                    config.steps,
+                    *map(sum, row),
+                    elapsed=(now if last else issued) - start,
+                    image=current if last else None,
+                    jobs=jobs,
+                )
+                history.append(p)
+                if callback is not None:
+                    callback(p)
+            pending.clear()
+            elapsed = now - start
             if config.max_seconds is not None and elapsed >= config.max_seconds:
                 reason = "time"
                 break
             if config.tolerance and step > config.window:
-                before = best_so_far[-1 - config.window]
-                if before - best_loss < config.tolerance * abs(before):
+                before, best = best_so_far[-1 - config.window], best_so_far[-1]
+                if before - best < config.tolerance * abs(before):
                     reason = "converged"
                     break
     except KeyboardInterrupt:
         reason = "interrupted"
-    image, loss = best_image, best_loss
+    image, losses = best_image, best_loss.tolist()
     if average is not None and history:
         with torch.no_grad():
-            image, loss = average, float(loss_fn(average).total)
+            image, losses = average, loss_fn(average).total.reshape(b).tolist()
     return OptimizeResult(
         image=image,
-        loss=loss,
+        loss=float(sum(losses)),
         steps=len(history),
         elapsed=time.perf_counter() - start,
         stop_reason=reason,
         history=history,
+        losses=tuple(losses),
     )

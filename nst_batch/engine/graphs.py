@@ -1,0 +1,122 @@
+"""CUDA graphs for the hot loop, and the numeric precision the feature stack runs at.
+
+At 512 px one VGG19 forward + backward is ~250 kernels; launched one by one from Python the GPU
+idles between them (launch-bound well below the hardware's speed). Captured once into a CUDA
+graph and replayed, the whole evaluation is one launch. :class:`Replay` wraps a zero-argument
+step that reads and writes fixed tensors (the image being optimized, the optimizer's state):
+its first ``warmup`` calls run eagerly on a side stream (cuDNN autotuning and autograd's lazy
+setup happen there, as the CUDA-graphs docs require), the next call captures and every later call
+replays. Warm-up calls are real steps, so the trajectory is the same as without graphs. On CPU
+or MPS, or with ``enabled=False``, every call runs eagerly: the same code, the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Generic, Literal, TypeVar
+
+import torch
+from torch import Tensor
+
+from nst_batch.errors import ConfigError
+
+Precision = Literal["fp32", "tf32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
+WARMUP_CALLS = 3  # eager calls before capture (the CUDA-graphs docs use a few)
+
+T = TypeVar("T")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+
+
+@contextlib.contextmanager
+def precision_context(precision: Precision, device: torch.device) -> Iterator[None]:
+    """cuDNN settings for the loop on CUDA: autotuned convolutions, TF32 only when asked.
+
+    torch enables TF32 convolutions by default; "fp32" must turn it off to mean full float32.
+    The Gram matrices are float32 matmuls, which torch keeps at full precision by default.
+    """
+    check_precision(precision)
+    if device.type != "cuda":
+        yield
+        return
+    with torch.backends.cudnn.flags(
+        enabled=True, benchmark=True, deterministic=False, allow_tf32=precision == "tf32"
+    ):
+        yield
+
+
+def features_at(
+    model: Callable[[Tensor], Mapping[str, Tensor]], precision: Precision
+) -> Callable[[Tensor], Mapping[str, Tensor]]:
+    """The feature stack at ``precision``: bf16 runs the convolutions under autocast.
+
+    Features come out in bf16; :mod:`nst_batch.engine.losses` takes Gram matrices and losses in
+    float32 (sums over H*W positions overflow bf16's precision at large images). The autocast
+    cache is off because cached casts of the weights cannot live inside a CUDA graph.
+    """
+    check_precision(precision)
+    if precision != "bf16":
+        return model
+
+    def forward(x: Tensor) -> Mapping[str, Tensor]:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False):
+            return model(x)
+
+    return forward
+
+
+class Replay(Generic[T]):
+    """Run ``step`` eagerly ``warmup`` times, then as a captured CUDA graph (CUDA only).
+
+    ``step`` must take its inputs from tensors that stay in place (updated with ``copy_`` or
+    in-place ops) and may return tensors: after capture the same (static) tensors are returned
+    by every replay, refreshed; read or copy them before the next call.
+    """
+
+    def __init__(
+        self,
+        step: Callable[[], T],
+        device: torch.device,
+        enabled: bool = True,
+        warmup: int = WARMUP_CALLS,
+    ) -> None:
+        self.step = step
+        self.enabled = enabled and device.type == "cuda"
+        self.device = device
+        self.warmup = warmup
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._out: T | None = None
+        self._stream: torch.cuda.Stream | None = None
+
+    @property
+    def captured(self) -> bool:
+        return self.graph is not None
+
+    def __call__(self) -> T:
+        self.calls += 1
+        if not self.enabled:
+            return self.step()
+        if self.graph is not None:
+            self.graph.replay()
+            return self._out  # type: ignore[return-value]
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        if self.calls <= self.warmup:
+            with torch.cuda.stream(self._stream):
+                out = self.step()
+            torch.cuda.current_stream(self.device).wait_stream(self._stream)
+            return out
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self._stream):
+            self._out = self.step()
+        torch.cuda.current_stream(self.device).wait_stream(self._stream)
+        self.graph = graph
+        graph.replay()  # capture records the kernels without running them
+        return self._out  # type: ignore[return-value]
