@@ -365,6 +365,7 @@ def watch(config: WatchConfig, models: ModelPool, log: logging.Logger | None = N
         daemon.preload()
         status.state = "idle"
         with _observer(daemon) as observer:
+            event(daemon.log, "watching", None, poll=config.poll, once=config.once)
             code = daemon.loop(observer)
         status.state = "stopped"
     # Nothing of ours is left in work/ (each job is filed or given back before the next); the
