@@ -226,7 +226,7 @@ def assert_clean_outbox(root: Path, jobs: list[str]) -> None:
 
 def test_slow_writer_is_not_taken_early(root: Path) -> None:
     inbox = root / "inbox"
-    daemon = Daemon(root)
+    daemon = Daemon(root, "--settle", "1.0")  # chunks come 0.2 s apart
     daemon.wait_for(lambda: bool(daemon.events("watching")))  # the model is loaded
     (inbox / "slow.style.png").write_bytes(png_bytes("style"))
     data = png_bytes("content", width=320, height=240)
@@ -359,6 +359,11 @@ def test_sigterm_lets_the_job_finish_within_the_grace_period(root: Path) -> None
     assert daemon.stop() == 0
     assert names(root / "done") == ["long"]
     assert_clean_outbox(root, ["long"])
+    # The same drop again: its output exists with the same parameter hash, so it is not redone.
+    drop_pair(root / "inbox", "long", {"steps": 1000, "max_seconds": 2})
+    again = run_once(root)
+    assert [e["job"] for e in again.events("skipped")] == ["long"] and not again.events("done")
+    assert names(root / "done") == ["long", "long~2"]
 
 
 def test_sigterm_after_the_grace_period_requeues_the_job(root: Path) -> None:

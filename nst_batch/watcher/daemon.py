@@ -257,7 +257,12 @@ class _Daemon:
     def process(self, claimed: list[Claimed]) -> None:
         groups: dict[int, list[tuple[Claimed, Job, int]]] = {}
         for c in claimed:
-            checked = self.intake(c)
+            try:
+                checked = self.intake(c)
+            except Exception as err:  # an I/O error filing it: give it back for a later try
+                event(self.log, "error", c.name, reason=f"{type(err).__name__}: {err}")
+                self.give_back(c, "intake error")
+                continue
             if checked is not None:
                 job, attempts = checked
                 groups.setdefault(job.config.size, []).append((c, job, attempts))
@@ -274,12 +279,18 @@ class _Daemon:
                 self.recover()
                 next_recovery = time.monotonic() + self.config.status_interval
             self.hint.clear()
-            candidates = scan(self.config.inbox)
-            ready = self.settler.ready(candidates)
-            self.status.queue_depth = sum(c.complete for c in candidates)
-            claimed = self.take(ready)
-            if claimed:
-                self.process(claimed)
+            try:
+                candidates = scan(self.config.inbox)
+                ready = self.settler.ready(candidates)
+                self.status.queue_depth = sum(c.complete for c in candidates)
+                claimed = self.take(ready)
+                if claimed:
+                    self.process(claimed)
+                    continue
+            except Exception as err:  # a full disk, a vanished folder: wait and try again
+                self.status.last_error = f"{type(err).__name__}: {err}"
+                event(self.log, "error", None, reason=self.status.last_error)
+                self.stopping.wait(self.config.rescan)
                 continue
             if self.config.once and not any(c.complete for c in candidates):
                 break
@@ -360,20 +371,22 @@ def watch(config: WatchConfig, models: ModelPool, log: logging.Logger | None = N
     )
     daemon.take_own_folder()
     event(daemon.log, "starting", None, worker=config.worker_id, inbox=str(config.inbox))
-    code = 0
-    with _heartbeat(daemon), _signals(daemon):
-        daemon.preload()
-        status.state = "idle"
-        with _observer(daemon) as observer:
-            event(daemon.log, "watching", None, poll=config.poll, once=config.once)
-            code = daemon.loop(observer)
+    code = 1
+    try:
+        with _heartbeat(daemon), _signals(daemon):
+            daemon.preload()
+            status.state = "idle"
+            with _observer(daemon) as observer:
+                event(daemon.log, "watching", None, poll=config.poll, once=config.once)
+                code = daemon.loop(observer)
+    finally:
+        # Every job is filed or given back before the next is taken, so our folder holds none
+        # unless we crashed; it goes, and the final record stays in status.json.
         status.state = "stopped"
-    # Nothing of ours is left in work/ (each job is filed or given back before the next); the
-    # folder goes, the final record stays in status.json.
-    daemon.requeue_all(config.work, "left at exit")
-    daemon.beat()
-    (config.work / RECORD).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        config.work.rmdir()
+        daemon.requeue_all(config.work, "left at exit")
+        daemon.beat()
+        (config.work / RECORD).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            config.work.rmdir()
     event(daemon.log, "stopped", None, done=status.done, failed=status.failed, exit=code)
     return code

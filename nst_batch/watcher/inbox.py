@@ -7,6 +7,7 @@ several sharing a mount, agree through ``os.rename``: the first rename of a job'
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -186,9 +187,10 @@ def claim(candidate: Candidate, work: Path) -> Claimed | None:
             folder = move_dir(source, work, candidate.name)
         except FileNotFoundError:
             return None
-        for p in folder.iterdir():
-            if p.is_symlink():
-                _absolute_link(p, source)
+        with contextlib.suppress(OSError):  # an unreadable folder fails later, with a reason
+            for p in folder.iterdir():
+                if p.is_symlink():
+                    _absolute_link(p, source)
         return Claimed(candidate.name, folder, "folder")
     content = [p for p in candidate.parts if (m := PART.match(p.name)) and m["role"] == "content"]
     folder = _free_name(work, candidate.name)

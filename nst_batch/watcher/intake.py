@@ -41,7 +41,11 @@ def _check_image(path: Path, max_edge: int) -> None:
     """Decode fully now (zero-byte, truncated, not an image, bomb, FIFO...), then the edge cap."""
     if not os.access(path, os.R_OK):
         raise ImageError(f"{path.name}: not readable (permissions)")
-    with open_rgb(path) as img:
+    try:
+        img = open_rgb(path)
+    except ImageError as err:  # name the part as the user knows it, not by its work/ path
+        raise ImageError(str(err).replace(str(path), path.name)) from None
+    with img:
         if max(img.size) > max_edge:
             w, h = img.size
             raise ImageError(f"{path.name}: {w}x{h} is over the {max_edge} px edge-length cap")
