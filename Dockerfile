@@ -1,5 +1,8 @@
-# nst-batch on a GPU server. Build: docker build -t nst-batch .
-# Run:   docker run --gpus all -v "$PWD/data:/data" nst-batch stylize /data/in.jpg /data/style.jpg -o /data/out.png
+# nst-batch on a GPU server: a watch-folder daemon on /data/inbox by default.
+# Build: docker build -t nst-batch .
+# Run:   mkdir -p data/inbox && docker run --gpus all -v "$PWD/data:/data" nst-batch
+#        (drop NAME.content.jpg + NAME.style.jpg into data/inbox; results land in data/outbox)
+# One-off: docker run --gpus all -v "$PWD/data:/data" nst-batch stylize /data/in.jpg /data/style.jpg -o /data/out.png
 FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -27,5 +30,12 @@ RUN nst-batch weights
 
 VOLUME /data
 WORKDIR /data
+# status.json is rewritten every 5 s by a live daemon; its own worker's entry going stale means
+# the daemon hangs (or died), whatever other replicas on the same inbox do.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
+    CMD nst-batch status /data/inbox --max-age 60 --local || exit 1
+# SIGTERM: the daemon stops taking jobs and lets the running one finish for --grace (8 s), within
+# docker stop's 10 s; a longer grace needs `docker stop -t` / compose's stop_grace_period.
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["nst-batch"]
-CMD ["--help"]
+CMD ["watch", "/data/inbox"]

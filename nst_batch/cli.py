@@ -478,5 +478,137 @@ def verify_command(
     console.print("[green]all layers within tolerance[/]")
 
 
+def _param_pairs(items: list[str] | None) -> dict[str, str]:
+    """``--param KEY=VALUE`` options as flat parameters (checked by job_settings)."""
+    params = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--param expects KEY=VALUE, not {item!r}")
+        params[key.strip()] = value.strip()
+    return params
+
+
+@app.command("watch")
+def watch_command(
+    inbox: Path = typer.Argument(..., help="Folder to watch for drops (see README: Watch folder)."),
+    outbox: Path | None = typer.Option(None, help="Where results go [INBOX/../outbox]."),
+    state: Path | None = typer.Option(
+        None, help="Parent of work/, done/, failed/ (inbox's filesystem) [INBOX/..]."
+    ),
+    poll: bool = typer.Option(
+        False, "--poll", help="Poll instead of inotify (NFS, SMB, Docker Desktop mounts)."
+    ),
+    settle: float = typer.Option(2.0, help="Seconds a drop's files must stay unchanged."),
+    rescan: float = typer.Option(5.0, help="Seconds between scans when no event arrives."),
+    once: bool = typer.Option(False, "--once", help="Process what is complete now, then exit."),
+    worker_id: str | None = typer.Option(None, help="Name of this worker [hostname-pid]."),
+    max_edge: int = typer.Option(8192, help="Refuse input images (and sizes) over this edge."),
+    max_retries: int = typer.Option(2, help="Retries of a job that crashed (not bad input)."),
+    grace: float = typer.Option(8.0, help="Seconds the running job may finish after SIGTERM."),
+    status_interval: float = typer.Option(5.0, help="Seconds between status.json writes."),
+    stale_after: float = typer.Option(60.0, help="A worker silent this long is dead."),
+    batch_size: int = typer.Option(1, help="Jobs claimed at once (same size run as a group)."),
+    output_format: str = typer.Option("png", "--format", help="Output format: png, jpg, webp."),
+    log_json: bool = typer.Option(False, "--log-json", help="Log JSON lines instead of text."),
+    preset: str | None = typer.Option(None, help="Default recipe (NAME.json may override)."),
+    size: int | None = typer.Option(None, help="Default long edge of outputs [512]."),
+    steps: int | None = typer.Option(None, help="Default iterations [preset]."),
+    style_weight: float | None = typer.Option(None, help="Default style weight [preset]."),
+    device: str | None = typer.Option(None, help="auto, cpu or cuda[:N] [auto]."),
+    weights: str | None = typer.Option(None, help="bundled, torchvision or a weights file."),
+    targets_backend: TargetsBackend | None = typer.Option(None, help="torch, onnx or auto."),
+    params: list[str] | None = typer.Option(
+        None, "--param", help="Any other default parameter as KEY=VALUE (repeatable)."
+    ),
+    check_onnx: Path | None = typer.Option(
+        None, help="An `nst-batch export`: refuse to start if the engine disagrees with it."
+    ),
+) -> None:
+    """Watch INBOX: each dropped pair (NAME.content.EXT + NAME.style.EXT) or job folder becomes
+    OUTBOX/NAME.png; inputs move to done/ or failed/ (with NAME.error.json)."""
+    from nst_batch.jobs import job_settings
+    from nst_batch.stylize import ModelPool
+    from nst_batch.watcher import logs
+    from nst_batch.watcher.config import make_config
+    from nst_batch.watcher.daemon import watch
+
+    try:
+        defaults = {
+            **_param_pairs(params),
+            "preset": preset,
+            "size": size,
+            "steps": steps,
+            "style_weight": style_weight,
+            "device": device,
+            "weights": weights,
+            "targets_backend": targets_backend.value if targets_backend else None,
+        }
+        defaults = {k: v for k, v in defaults.items() if v is not None}
+        job_settings({}, defaults)  # bad defaults fail now, not on every job
+        config = make_config(
+            inbox,
+            defaults,
+            outbox=outbox,
+            state=state,
+            worker_id=worker_id,
+            settle=settle,
+            rescan=rescan,
+            poll=poll,
+            once=once,
+            max_edge=max_edge,
+            max_retries=max_retries,
+            grace=grace,
+            status_interval=status_interval,
+            stale_after=stale_after,
+            batch_size=batch_size,
+            output_format="." + output_format.lower().lstrip("."),
+        )
+        code = watch(config, ModelPool(check_onnx), logs.configure(log_json))
+    except NstError as err:
+        raise _fail(str(err)) from None
+    raise typer.Exit(code)
+
+
+@app.command("status")
+def status_command(
+    inbox: Path = typer.Argument(..., help="The inbox a daemon watches."),
+    max_age: float | None = typer.Option(
+        None, help="Exit 1 unless a worker reported within this many seconds."
+    ),
+    local: bool = typer.Option(
+        False, "--local", help="Only workers on this host (a container's own health)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print status.json as it is."),
+) -> None:
+    """Print the daemons' status.json; exit 1 if it is missing or stale (for HEALTHCHECK)."""
+    import json
+    import time
+
+    from nst_batch.watcher.config import STATUS_NAME
+    from nst_batch.watcher.status import fresh_workers, read_summary
+
+    try:
+        summary = read_summary(inbox / STATUS_NAME)
+    except NstError as err:
+        raise _fail(str(err)) from None
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        now = time.time()
+        for w in summary["workers"]:
+            current = w.get("current") or "-"
+            print(
+                f"{w.get('worker_id')}: {w.get('state')}, updated {now - w.get('updated', 0):.0f}s "
+                f"ago, queue {w.get('queue_depth')}, current {current}, done {w.get('done')}, "
+                f"skipped {w.get('skipped')}, failed {w.get('failed')}, "
+                f"last error {w.get('last_error') or '-'}"
+            )
+        if not summary["workers"]:
+            print("no workers")
+    if max_age is not None and not fresh_workers(summary, max_age, local):
+        raise _fail(f"no {'local ' if local else ''}worker reported in the last {max_age:g} s")
+
+
 def main() -> None:
     app()

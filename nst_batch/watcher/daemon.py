@@ -1,0 +1,392 @@
+"""The watch loop: scan, settle, claim, run, file the result, and survive anything a drop does.
+
+Lifecycle, as watchdog's: ``observer.schedule(handler, inbox)``, ``observer.start()``, the main
+loop, ``observer.stop()``, ``observer.join()``. The handler only sets a hint; the main loop scans
+on a hint and on a timer anyway (inotify drops events on overflow and sees nothing on NFS, SMB or
+Docker Desktop mounts), so the scan is the source of truth. One thread (this one) runs jobs; a
+heartbeat thread writes the worker record and ``status.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from nst_batch.engine.optimize import Progress
+from nst_batch.errors import ConfigError, NstError
+from nst_batch.images import write_atomic
+from nst_batch.jobs import Job, is_done, job_settings, run_job
+from nst_batch.stylize import ModelPool, resolve_device
+from nst_batch.watcher.config import WatchConfig
+from nst_batch.watcher.inbox import (
+    Claimed,
+    Settler,
+    claim,
+    ignored,
+    move_dir,
+    read_attempts,
+    requeue,
+    scan,
+    write_attempts,
+)
+from nst_batch.watcher.intake import build_job
+from nst_batch.watcher.logs import LOGGER, event
+from nst_batch.watcher.status import (
+    RECORD,
+    WorkerStatus,
+    owner_dead,
+    pid_alive,
+    read_record,
+    write_record,
+    write_summary,
+)
+
+EXIT_OBSERVER_DIED = 2
+
+
+class JobCancelled(Exception):
+    """Raised from the progress callback to stop a job at shutdown; run_job then writes nothing."""
+
+
+@dataclass
+class _Daemon:
+    config: WatchConfig
+    models: ModelPool
+    log: logging.Logger
+    status: WorkerStatus
+    settler: Settler
+    hint: threading.Event = field(default_factory=threading.Event)  # "the inbox changed"
+    stopping: threading.Event = field(default_factory=threading.Event)
+    cancel_at: float | None = None  # monotonic time after which the running job is cancelled
+
+    # -- signals, heartbeat -------------------------------------------------------------------
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # No logging here: a handler can interrupt the logging module mid-write.
+        if self.stopping.is_set():
+            self.cancel_at = time.monotonic()  # a second signal: stop the job now
+        else:
+            self.cancel_at = time.monotonic() + self.config.grace
+            self.stopping.set()
+        self.hint.set()
+
+    def check_cancel(self, progress: Progress) -> None:
+        if self.cancel_at is not None and time.monotonic() >= self.cancel_at:
+            raise JobCancelled
+
+    def beat(self) -> None:
+        try:
+            self.config.work.mkdir(parents=True, exist_ok=True)
+            write_record(self.config.work, self.status)
+            write_summary(self.config.status_file, self.config.work_root)
+        except OSError as err:  # a full disk must not kill the daemon; the next beat retries
+            event(self.log, "error", None, reason=f"status not written: {err}")
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    def take_own_folder(self) -> None:
+        """Our worker id's folder may hold jobs of a previous life (a restarted container keeps
+        hostname and pid 1): requeue them. A live other process with our id is refused."""
+        record = read_record(self.config.work)
+        if record is not None:
+            same = record.get("pid") == os.getpid() and record.get("host") == self.status.host
+            recent = time.time() - float(record.get("updated", 0)) <= self.config.stale_after
+            if not same and recent and record.get("state") != "stopped":
+                other = record.get("host") != self.status.host
+                if other or pid_alive(int(record.get("pid", -1))):
+                    raise ConfigError(
+                        f"worker id {self.config.worker_id} is in use by a live daemon "
+                        f"(pid {record.get('pid')} on {record.get('host')}); give --worker-id"
+                    )
+        self.requeue_all(self.config.work, "left by a previous run of this worker")
+
+    def requeue_all(self, folder: Path, reason: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            for job in sorted(p for p in folder.iterdir() if p.is_dir() and not ignored(p.name)):
+                if requeue(job, self.config.inbox) is not None:
+                    self.status.requeued += 1
+                    event(self.log, "requeued", job.name, reason=reason)
+
+    def recover(self) -> None:
+        """Requeue jobs of dead workers; delete temp files a crash left in the outbox."""
+        for folder in sorted(self.config.work_root.iterdir()):
+            if folder == self.config.work or not folder.is_dir():
+                continue
+            if owner_dead(folder, self.config.stale_after):
+                self.requeue_all(folder, f"worker {folder.name} is gone")
+                (folder / RECORD).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        # write_atomic's temp files are ".NAME.XXXX.tmp" and live for milliseconds: one this old
+        # belongs to a writer that died.
+        limit = time.time() - self.config.stale_after
+        for folder in (self.config.out, self.config.inbox):
+            for tmp in folder.glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    if tmp.lstat().st_mtime < limit:
+                        tmp.unlink()
+                        event(self.log, "cleaned", None, file=str(tmp))
+
+    # -- one job's outcomes -------------------------------------------------------------------
+
+    def fail(self, claimed: Claimed, reason: str, attempts: int, trace: str | None = None) -> None:
+        self.status.failed += 1
+        self.status.last_error = f"{claimed.name}: {reason}"
+        try:
+            moved = move_dir(claimed.folder, self.config.failed, claimed.name)
+        except FileNotFoundError:
+            event(self.log, "lost", claimed.name, reason="requeued by another worker meanwhile")
+            return
+        record = {
+            "job": claimed.name,
+            "reason": reason,
+            "attempts": attempts,
+            "worker": self.config.worker_id,
+            "time": time.time(),
+            "inputs": str(moved),
+            "traceback": trace,
+        }
+        error_file = moved.with_name(f"{moved.name}.error.json")
+        write_atomic(error_file, json.dumps(record, indent=2).encode() + b"\n")
+        event(self.log, "failed", claimed.name, reason=reason, error_file=str(error_file))
+
+    def finish(self, claimed: Claimed, name: str, **fields: Any) -> None:
+        try:
+            moved = move_dir(claimed.folder, self.config.done, claimed.name)
+        except FileNotFoundError:
+            event(self.log, "lost", claimed.name, reason="requeued by another worker meanwhile")
+            return
+        event(self.log, name, claimed.name, inputs=str(moved), **fields)
+
+    def give_back(self, claimed: Claimed, reason: str) -> None:
+        if requeue(claimed.folder, self.config.inbox) is not None:
+            self.status.requeued += 1
+            event(self.log, "requeued", claimed.name, reason=reason)
+
+    def intake(self, claimed: Claimed) -> tuple[Job, int] | None:
+        """The claimed job checked and counted as an attempt; None when it was filed already."""
+        record = read_attempts(claimed.folder)
+        attempts = int(record.get("attempts", 0) or 0) + 1  # type: ignore[call-overload]
+        last = record.get("last_error") or "the daemon died while running it"
+        if attempts > self.config.max_attempts:
+            self.fail(claimed, f"gave up after {attempts - 1} attempts; last: {last}", attempts - 1)
+            return None
+        # Counted before the run: a job that kills the daemon every time still runs out of tries.
+        write_attempts(claimed.folder, attempts, record.get("last_error"))  # type: ignore[arg-type]
+        try:
+            job = build_job(claimed, self.config)
+        except NstError as err:
+            self.fail(claimed, str(err), attempts)
+            return None
+        if is_done(job):
+            self.status.skipped += 1
+            self.finish(claimed, "skipped", reason="output exists with the same parameter hash")
+            return None
+        return job, attempts
+
+    def run_one(self, claimed: Claimed, job: Job, attempts: int) -> None:
+        if self.stopping.is_set():
+            write_attempts(claimed.folder, attempts - 1, None)
+            self.give_back(claimed, "shutting down")
+            return
+        self.status.current, self.status.state = claimed.name, "working"
+        event(self.log, "started", claimed.name, attempt=attempts, size=job.config.size)
+        start = time.monotonic()
+        try:
+            run_job(job, self.models, self.check_cancel)
+        except JobCancelled:
+            write_attempts(claimed.folder, attempts - 1, None)  # not the job's fault
+            self.give_back(claimed, "shutdown grace period over")
+        except NstError as err:
+            self.fail(claimed, str(err), attempts)
+        except Exception as err:  # a crashing job must not stop the daemon
+            reason = f"{type(err).__name__}: {err}"
+            if attempts >= self.config.max_attempts:
+                self.fail(claimed, reason, attempts, traceback.format_exc(limit=8))
+            else:
+                self.status.last_error = f"{claimed.name}: {reason}"
+                write_attempts(claimed.folder, attempts, reason)
+                self.give_back(claimed, f"will retry after {reason}")
+        else:
+            self.status.done += 1
+            seconds = round(time.monotonic() - start, 3)
+            self.finish(claimed, "done", output=str(job.output), seconds=seconds)
+        finally:
+            self.status.current, self.status.state = None, "idle"
+
+    def run_group(self, group: list[tuple[Claimed, Job, int]]) -> None:
+        """Run jobs of one output size. Sequential for now; this is the one place where a CUDA
+        batched run of same-size jobs plugs in."""
+        for claimed, job, attempts in group:
+            self.run_one(claimed, job, attempts)
+
+    def preload(self) -> None:
+        """Load (and with ``--check-onnx``, check) the default model now, not on the first job:
+        a broken setup refuses to start instead of failing every job."""
+        config, _ = job_settings({}, self.config.default_params())
+        self.models.get(config.model, config.loss.layers, resolve_device(config.model.device))
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def take(self, ready: list[Any]) -> list[Claimed]:
+        claimed: list[Claimed] = []
+        for candidate in ready:
+            if len(claimed) >= self.config.batch_size or self.stopping.is_set():
+                break
+            try:
+                got = claim(candidate, self.config.work)
+            except OSError as err:
+                event(self.log, "error", candidate.name, reason=f"claim failed: {err}")
+                continue
+            if got is not None:
+                event(self.log, "claimed", got.name, origin=got.origin)
+                claimed.append(got)
+        return claimed
+
+    def process(self, claimed: list[Claimed]) -> None:
+        groups: dict[int, list[tuple[Claimed, Job, int]]] = {}
+        for c in claimed:
+            try:
+                checked = self.intake(c)
+            except Exception as err:  # an I/O error filing it: give it back for a later try
+                event(self.log, "error", c.name, reason=f"{type(err).__name__}: {err}")
+                self.give_back(c, "intake error")
+                continue
+            if checked is not None:
+                job, attempts = checked
+                groups.setdefault(job.config.size, []).append((c, job, attempts))
+        for group in groups.values():
+            self.run_group(group)
+
+    def loop(self, observer: Any | None) -> int:
+        next_recovery = 0.0
+        while not self.stopping.is_set():
+            if observer is not None and not observer.is_alive():
+                event(self.log, "error", None, reason="file system observer died; exiting")
+                return EXIT_OBSERVER_DIED
+            if time.monotonic() >= next_recovery:
+                self.recover()
+                next_recovery = time.monotonic() + self.config.status_interval
+            self.hint.clear()
+            try:
+                candidates = scan(self.config.inbox)
+                ready = self.settler.ready(candidates)
+                self.status.queue_depth = sum(c.complete for c in candidates)
+                claimed = self.take(ready)
+                if claimed:
+                    self.process(claimed)
+                    continue
+            except Exception as err:  # a full disk, a vanished folder: wait and try again
+                self.status.last_error = f"{type(err).__name__}: {err}"
+                event(self.log, "error", None, reason=self.status.last_error)
+                self.stopping.wait(self.config.rescan)
+                continue
+            if self.config.once and not any(c.complete for c in candidates):
+                break
+            due = self.settler.next_due()
+            self.hint.wait(min(self.config.rescan, due + 0.01) if due else self.config.rescan)
+        return 0
+
+
+@contextlib.contextmanager
+def _signals(daemon: _Daemon) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread (e.g. in tests)
+        return
+    previous = {s: signal.signal(s, daemon.on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _heartbeat(daemon: _Daemon) -> Iterator[None]:
+    done = threading.Event()
+
+    def run() -> None:
+        while not done.wait(daemon.config.status_interval):
+            daemon.beat()
+
+    thread = threading.Thread(target=run, name="nst-heartbeat", daemon=True)
+    daemon.beat()
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def _observer(daemon: _Daemon) -> Iterator[Any | None]:
+    if daemon.config.once:
+        yield None
+        return
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
+    from watchdog.observers import Observer
+    from watchdog.observers.polling import PollingObserver
+
+    class Hint(FileSystemEventHandler):
+        """Only marks the inbox as changed; the main loop's scan decides what that means."""
+
+        def on_any_event(self, fs_event: FileSystemEvent) -> None:
+            paths = (fs_event.src_path, getattr(fs_event, "dest_path", ""))
+            if any(p and not ignored(os.path.basename(os.fsdecode(p))) for p in paths):
+                daemon.hint.set()
+
+    observer = PollingObserver(timeout=1.0) if daemon.config.poll else Observer()
+    observer.schedule(Hint(), str(daemon.config.inbox), recursive=False)
+    try:
+        observer.start()
+    except OSError as err:
+        raise ConfigError(f"cannot watch {daemon.config.inbox} ({err}); try --poll") from None
+    try:
+        yield observer
+    finally:
+        observer.stop()
+        observer.join()
+
+
+def watch(config: WatchConfig, models: ModelPool, log: logging.Logger | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT (or, with ``config.once``, until the inbox has no
+    complete job left); the exit status. Bad input never stops it; it raises ConfigError only
+    before taking any job (bad folders, a worker id in use, no way to watch)."""
+    config.prepare()
+    status = WorkerStatus(config.worker_id, interval=config.status_interval)
+    daemon = _Daemon(
+        config, models, log or logging.getLogger(LOGGER), status, Settler(config.settle)
+    )
+    daemon.take_own_folder()
+    event(daemon.log, "starting", None, worker=config.worker_id, inbox=str(config.inbox))
+    code = 1
+    try:
+        with _heartbeat(daemon), _signals(daemon):
+            daemon.preload()
+            status.state = "idle"
+            with _observer(daemon) as observer:
+                event(daemon.log, "watching", None, poll=config.poll, once=config.once)
+                code = daemon.loop(observer)
+    finally:
+        # Every job is filed or given back before the next is taken, so our folder holds none
+        # unless we crashed; it goes, and the final record stays in status.json.
+        status.state = "stopped"
+        daemon.requeue_all(config.work, "left at exit")
+        daemon.beat()
+        (config.work / RECORD).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            config.work.rmdir()
+    event(daemon.log, "stopped", None, done=status.done, failed=status.failed, exit=code)
+    return code
