@@ -610,5 +610,52 @@ def status_command(
         raise _fail(f"no {'local ' if local else ''}worker reported in the last {max_age:g} s")
 
 
+@app.command("score")
+def score_command(
+    output: Path = typer.Argument(..., help="The stylized image to measure."),
+    content: Path = typer.Argument(..., help="The content image it was made from."),
+    styles: list[Path] = typer.Argument(..., help="The style image(s) it was made with."),
+    size: int | None = typer.Option(
+        None, help="Long edge the output is evaluated at [its own size]."
+    ),
+    style_blend: str | None = typer.Option(
+        None, help="Blend weights of several style images, e.g. 0.7,0.3 [equal]."
+    ),
+    style_scale: float = typer.Option(1.0, help="Style size relative to the output, as stylize."),
+    weights: str = typer.Option("bundled", help="bundled, torchvision or a path."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON on stdout."),
+) -> None:
+    """Style distance (relative Gram error, relu1_1..relu5_1) and content distance (relu4_2)
+    of OUTPUT; 0 = perfect match. Formulas: `nst_batch.metrics`."""
+    import dataclasses
+    import json
+
+    from rich.table import Table
+
+    from nst_batch.metrics import MetricsConfig, score
+
+    try:
+        config = MetricsConfig(
+            weights=weights,
+            device=device,
+            size=size,
+            style_scale=style_scale,
+            style_blend=parse_floats(style_blend) if style_blend else None,
+        )
+        scores = score(output, content, styles, config)
+    except NstError as err:
+        raise _fail(str(err)) from None
+    if as_json:
+        print(json.dumps(dataclasses.asdict(scores), indent=2))
+        return
+    table = Table("distance", "value", title=f"{output.name} ({scores.size[0]}x{scores.size[1]})")
+    table.add_row("[bold]style[/] (mean)", f"[bold]{scores.style:.4f}")
+    for layer, value in scores.per_layer.items():
+        table.add_row(f"  style {layer}", f"{value:.4f}")
+    table.add_row("[bold]content[/] (relu4_2)", f"[bold]{scores.content:.4f}")
+    Console(highlight=False).print(table)
+
+
 def main() -> None:
     app()
