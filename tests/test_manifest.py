@@ -281,6 +281,26 @@ def test_resume_after_kill_leaves_no_partial_output(images: Path, tmp_path: Path
     )  # no temp files left behind
 
 
+def test_sigterm_stops_like_ctrl_c(images: Path, tmp_path: Path) -> None:
+    manifest = write_csv(tmp_path / "jobs.csv", rows(2))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "nst_batch", "run", str(manifest), *FAST_FLAGS, "--steps", "500"]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    try:
+        for line in proc.stderr:  # non-terminal stderr: plain progress lines
+            if line.strip().startswith("step 1/500"):
+                proc.send_signal(signal.SIGTERM)  # how Kubernetes and Slurm stop a task
+                break
+        proc.stderr.read()
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["interrupted"] and [j["status"] for j in data["jobs"]] == ["interrupted"] * 2
+    assert not (tmp_path / "out" / "0.png").exists()
+
+
 def test_shards_cover_every_job_exactly_once(
     images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
