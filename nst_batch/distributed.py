@@ -11,14 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nst_batch.errors import ConfigError
-from nst_batch.manifest import JobOutcome, ManifestConfig, PlannedJob, execute
+from nst_batch.manifest import JobEvents, JobOutcome, ManifestConfig, PlannedJob, execute
 from nst_batch.stylize import ModelPool
-
-if TYPE_CHECKING:
-    from nst_batch.manifest import _Events
 
 
 class _Worker:
@@ -39,7 +36,7 @@ def wants_gpu(jobs: Sequence[PlannedJob], resources: Mapping[str, float]) -> boo
     )
 
 
-def run_on_ray(jobs: Sequence[PlannedJob], config: ManifestConfig, events: _Events) -> None:
+def run_on_ray(jobs: Sequence[PlannedJob], config: ManifestConfig, events: JobEvents) -> None:
     """Run ``jobs`` on Ray actors, one job per actor at a time; outcomes go to ``events``."""
     try:
         import ray

@@ -581,8 +581,9 @@ def _slurm_index(env: Mapping[str, str]) -> int | None:
 # --- running ---------------------------------------------------------------------------------
 
 
-class _Events:
-    """The user's callbacks plus a record of which jobs started and ended (for interrupts)."""
+class JobEvents:
+    """What the runners report to: the user's callbacks, plus a record of which jobs started and
+    ended (so an interrupted run knows which job it stopped in)."""
 
     def __init__(self, callbacks: RunCallbacks) -> None:
         self.callbacks = callbacks
@@ -642,7 +643,7 @@ def execute(
 
 
 def _run_group(
-    group: Sequence[PlannedJob], models: ModelPool, batch_size: int, events: _Events
+    group: Sequence[PlannedJob], models: ModelPool, batch_size: int, events: JobEvents
 ) -> list[JobOutcome]:
     """Run jobs that share a size, layer set and device. One after another for now; on CUDA
     these are the jobs that can be optimized together, ``batch_size`` at a time (issue 7)."""
@@ -673,7 +674,7 @@ def _remove_stale_temp_files(jobs: Sequence[PlannedJob]) -> None:
                     stale.unlink(missing_ok=True)
 
 
-def _run_local(jobs: Sequence[PlannedJob], config: ManifestConfig, events: _Events) -> None:
+def _run_local(jobs: Sequence[PlannedJob], config: ManifestConfig, events: JobEvents) -> None:
     models = ModelPool(config.check_onnx)
     if config.check_onnx is not None:  # fail on a broken engine before the first job
         for model_config in dict.fromkeys(p.job.config.model for p in jobs):
@@ -711,7 +712,7 @@ def run_manifest(
     """
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     clock = time.perf_counter()
-    events = _Events(progress or RunCallbacks())
+    events = JobEvents(progress or RunCallbacks())
     plan = plan_manifest(path, config)
     if events.callbacks.plan:
         events.callbacks.plan(plan)
