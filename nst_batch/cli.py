@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -32,6 +33,11 @@ from nst_batch.stylize import (
     build_config,
     sidecar_path,
 )
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from nst_batch.manifest import JobOutcome, Plan, PlannedJob, Report, RunCallbacks
 
 app = typer.Typer(
     name="nst-batch",
@@ -92,6 +98,14 @@ def _at(p: Step) -> str:
     return f" @{p.image.shape[-1]}x{p.image.shape[-2]}" if p.image is not None else ""
 
 
+def _step_line(p: Step) -> str:
+    """One optimizer step as a plain log line (for logs, CI and containers)."""
+    return (
+        f"step {p.step}/{p.total}{_at(p)} loss={p.loss:.4g} content={p.content:.4g} "
+        f"style={p.style:.4g} tv={p.tv:.4g} elapsed={p.elapsed:.1f}s"
+    )
+
+
 @contextmanager
 def _progress_reporter(label: str, log_every: int) -> Iterator[Callable[[Step], None]]:
     """A rich bar on a terminal; plain log lines (every ``log_every`` steps) otherwise."""
@@ -100,12 +114,7 @@ def _progress_reporter(label: str, log_every: int) -> Iterator[Callable[[Step], 
 
         def log(p: Step) -> None:
             if p.step == 1 or p.step % log_every == 0 or p.step == p.total:
-                print(
-                    f"step {p.step}/{p.total}{_at(p)} loss={p.loss:.4g} content={p.content:.4g} "
-                    f"style={p.style:.4g} tv={p.tv:.4g} elapsed={p.elapsed:.1f}s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                print(_step_line(p), file=sys.stderr, flush=True)
 
         yield log
         return
@@ -655,6 +664,218 @@ def score_command(
         table.add_row(f"  style {layer}", f"{value:.4f}")
     table.add_row("[bold]content[/] (relu4_2)", f"[bold]{scores.content:.4f}")
     Console(highlight=False).print(table)
+
+
+@contextmanager
+def _run_progress(console: Console) -> Iterator[RunCallbacks]:
+    """A bar for the jobs (done/failed/skipped, ETA) and one for the current job's steps on a
+    terminal; plain log lines otherwise."""
+    from collections import Counter
+
+    from nst_batch.manifest import RunCallbacks
+
+    counts: Counter[str] = Counter()
+
+    def tally() -> str:
+        return ", ".join(f"{counts[s]} {s}" for s in ("done", "failed", "skipped") if counts[s])
+
+    if not console.is_terminal:
+        total = 0
+
+        def plan(p: Plan) -> None:
+            nonlocal total
+            total = len(p.jobs)
+            shard = f" (shard {p.shard} of {p.rows} rows)" if p.shard else ""
+            print(
+                f"{total} jobs{shard}, {sum(j.done for j in p.jobs)} already done",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        def start(j: PlannedJob) -> None:
+            print(f"line {j.line}: {j.raw['output']} ...", file=sys.stderr, flush=True)
+
+        def step(j: PlannedJob, p: Step) -> None:
+            if p.step == 1 or p.step % max(1, p.total // 10) == 0 or p.step == p.total:
+                print(f"  {_step_line(p)}", file=sys.stderr, flush=True)
+
+        def end(o: JobOutcome) -> None:
+            counts[o.status] += 1
+            reason = f": {o.reason}" if o.reason else ""
+            seconds = f" in {o.seconds:.1f}s" if o.seconds is not None else ""
+            done = sum(counts.values())
+            print(
+                f"[{done}/{total}] line {o.line}: {o.status}{seconds}{reason}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        yield RunCallbacks(plan=plan, start=start, step=step, end=end)
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    with Progress(*columns, console=console) as bar:
+        jobs = bar.add_task("jobs", total=None, info="validating")
+        current = bar.add_task("", total=None, info="", visible=False)
+
+        def plan_bar(p: Plan) -> None:
+            bar.update(jobs, total=len(p.jobs), info="")
+
+        def start_bar(j: PlannedJob) -> None:
+            bar.reset(current, total=None, description=f"line {j.line}", info="", visible=True)
+
+        def step_bar(j: PlannedJob, p: Step) -> None:
+            info = f"{j.raw['output']}{_at(p)} loss {p.loss:.4g}"
+            bar.update(current, completed=p.step, total=p.total, info=info)
+
+        def end_bar(o: JobOutcome) -> None:
+            counts[o.status] += 1
+            bar.update(jobs, advance=1, info=tally())
+            if o.status == "failed":
+                bar.console.print(f"[red]line {o.line} failed:[/] {o.reason}", soft_wrap=True)
+
+        yield RunCallbacks(plan=plan_bar, start=start_bar, step=step_bar, end=end_bar)
+
+
+def _report_table(report: Report, title: str, limit: int = 100) -> Table:
+    """The plan (dry run) or the outcome of each job; past ``limit`` rows only those that did not
+    simply finish (report.csv has them all)."""
+    from rich.table import Table
+
+    rows = report.rows
+    if len(rows) > limit:
+        rows = tuple(r for r in rows if r.status not in ("done", "skipped"))
+    colours = {"done": "green", "failed": "bold red", "interrupted": "yellow"}
+    if report.dry_run:
+        table = Table("line", "content", "styles", "output", "size", "steps", "status")
+    else:
+        table = Table("line", "output", "status", "seconds", "it/s", "loss", "reason")
+    table.title = title
+    for r in rows:
+        status = f"[{colours.get(r.status, 'default')}]{r.status}[/]"
+        if report.dry_run:
+            table.add_row(
+                str(r.line), r.content, r.styles, r.output, str(r.size), str(r.steps), status
+            )
+            continue
+        table.add_row(
+            str(r.line),
+            r.output,
+            status,
+            f"{r.seconds:.1f}" if r.seconds is not None else "",
+            f"{r.iterations_per_s:.2f}" if r.iterations_per_s is not None else "",
+            f"{r.loss:.4g}" if r.loss is not None else "",
+            r.reason,
+        )
+    return table
+
+
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # a pod or job being stopped: finish like Ctrl-C
+
+
+@app.command("run")
+def run_command(
+    manifest: Path = typer.Argument(..., help="A .csv or .jsonl manifest of jobs."),
+    config_file: Path | None = typer.Option(
+        None, "--config", help="JSON or TOML file of default stylize parameters."
+    ),
+    preset: str | None = typer.Option(None, help="Recipe rows start from [default]."),
+    size: int | None = typer.Option(None, help="Default long edge of the outputs [512]."),
+    steps: int | None = typer.Option(None, help="Default iterations [preset]."),
+    style_weight: float | None = typer.Option(None, help="Default weight of style [preset]."),
+    content_weight: float | None = typer.Option(None, help="Default weight of content."),
+    device: str | None = typer.Option(None, help="auto, cpu or cuda[:N] [auto]."),
+    weights: str | None = typer.Option(None, help="bundled, torchvision or a path [bundled]."),
+    settings: list[str] | None = typer.Option(
+        None, "--set", help="Any other default stylize parameter, KEY=VALUE (repeatable)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Redo jobs that are already done."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the plan only."),
+    shard: str | None = typer.Option(None, help="Run only shard I/N (rows k with k mod N = I)."),
+    shards: int | None = typer.Option(
+        None, help="N shards; the index from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID."
+    ),
+    batch_size: int = typer.Option(1, min=1, help="Jobs optimized together on CUDA."),
+    report_dir: Path | None = typer.Option(
+        None, help="Folder for report.json/.csv [the manifest's folder]."
+    ),
+    check_onnx: Path | None = typer.Option(
+        None, help="An `nst-batch export`: check the engine's features against it first."
+    ),
+    ray: bool = typer.Option(False, "--ray", help="Run the jobs on Ray actors (extra `ray`)."),
+    ray_address: str | None = typer.Option(
+        None, help="Ray cluster to join (implies --ray) [a local one, or $RAY_ADDRESS]."
+    ),
+) -> None:
+    """Run every job of MANIFEST: validated up front, resumable, shardable; writes a report."""
+    import os
+    import signal
+
+    from nst_batch.errors import ManifestError
+    from nst_batch.manifest import ManifestConfig, run_manifest, shard_from_env
+
+    try:
+        defaults: dict[str, object] = {
+            "preset": preset,
+            "size": size,
+            "steps": steps,
+            "style_weight": style_weight,
+            "content_weight": content_weight,
+            "device": device,
+            "weights": weights,
+        }
+        for item in settings or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+            defaults[key.strip()] = value.strip()
+        config = ManifestConfig(
+            defaults={k: v for k, v in defaults.items() if v is not None},
+            config_file=config_file,
+            force=force,
+            dry_run=dry_run,
+            shard=shard_from_env(shard, shards, os.environ),
+            batch_size=batch_size,
+            check_onnx=check_onnx,
+            report_dir=report_dir,
+            ray=ray or ray_address is not None,
+            ray_address=ray_address,
+        )
+    except ConfigError as err:
+        raise _fail(str(err), 2) from None
+    console = _stderr()
+    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    try:
+        with _run_progress(console) as callbacks:
+            report = run_manifest(manifest, config, None if dry_run else callbacks)
+    except ManifestError as err:
+        raise _fail(str(err), 2) from None
+    except NstError as err:
+        raise _fail(str(err)) from None
+    except KeyboardInterrupt:  # before the first job: nothing was written
+        raise _fail("interrupted before any job ran; nothing written", EXIT_INTERRUPTED) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if dry_run:
+        Console(highlight=False).print(_report_table(report, f"plan for {manifest}"))
+        counts = report.counts()
+        print(f"{counts['would-run']} would run, {counts['skipped']} already done")
+        return
+    console.print(_report_table(report, f"{manifest}"))
+    counts = report.counts()
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    console.print(f"{summary or 'no jobs'}; report: {', '.join(map(str, report.files))}")
+    if report.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if report.failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -19,6 +19,17 @@ class ConfigError(NstError):
     """A setting is out of range or inconsistent with another."""
 
 
+class ManifestError(NstError):
+    """A manifest has problems; ``problems`` holds every one as (line or None, message)."""
+
+    def __init__(self, source: str, problems: list[tuple[int | None, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"  line {n}: {m}" if n is not None else f"  {m}" for n, m in problems]
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__("\n".join([f"{source}: {count}, nothing was run", *lines]))
+
+
 class OnnxError(NstError):
     """An ONNX model file is missing, corrupt, or not an nst-batch export for these weights."""
 
