@@ -20,23 +20,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import Report
-from nst_batch.demo import content_photo, swirl_painting
+from benchmarks.report import Report, benchmark_pictures
 from nst_batch.engine.losses import LossConfig
 from nst_batch.engine.optimize import OptimConfig
 from nst_batch.engine.weights import BUNDLED, load_weights
-from nst_batch.images import open_rgb, resize_long_edge, to_tensor
+from nst_batch.images import resize_long_edge, to_tensor
 from nst_batch.stylize import ModelConfig, StylizeConfig, load_model, stylize_tensors
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
 
 
 def inputs(size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    if (SHARED / "tubingen.jpg").is_file():
-        content, style = open_rgb(SHARED / "tubingen.jpg"), open_rgb(SHARED / "starry_night.jpg")
-        label = "tubingen + starry_night"
-    else:
-        content, style, label = content_photo(), swirl_painting(), "built-in demo inputs"
+    content, style, label = benchmark_pictures()
     return (
         to_tensor(resize_long_edge(content, size)),
         to_tensor(resize_long_edge(style, size)),

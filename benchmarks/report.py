@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "images"
+
 
 class Report:
     """Lines of a markdown table report; each line is printed at once so long runs show progress."""
@@ -33,3 +37,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def benchmark_pictures() -> tuple[Image.Image, Image.Image, str]:
+    """Content and style for speed benchmarks: tubingen + starry_night from ../shared/images
+    when present, else the built-in demo pictures; and a label saying which."""
+    from nst_batch.demo import content_photo, swirl_painting
+    from nst_batch.images import open_rgb
+
+    if (SHARED / "tubingen.jpg").is_file():
+        content, style = open_rgb(SHARED / "tubingen.jpg"), open_rgb(SHARED / "starry_night.jpg")
+        return content, style, "tubingen + starry_night"
+    return content_photo(), swirl_painting(), "built-in demo inputs"

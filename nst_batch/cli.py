@@ -517,7 +517,9 @@ def watch_command(
     grace: float = typer.Option(8.0, help="Seconds the running job may finish after SIGTERM."),
     status_interval: float = typer.Option(5.0, help="Seconds between status.json writes."),
     stale_after: float = typer.Option(60.0, help="A worker silent this long is dead."),
-    batch_size: int = typer.Option(1, help="Jobs claimed at once (same size run as a group)."),
+    batch_size: int = typer.Option(
+        1, help="Jobs claimed at once; those of one size and settings optimize as one batch."
+    ),
     output_format: str = typer.Option("png", "--format", help="Output format: png, jpg, webp."),
     log_json: bool = typer.Option(False, "--log-json", help="Log JSON lines instead of text."),
     preset: str | None = typer.Option(None, help="Default recipe (NAME.json may override)."),
@@ -802,7 +804,9 @@ def run_command(
     shards: int | None = typer.Option(
         None, help="N shards; the index from JOB_COMPLETION_INDEX or SLURM_ARRAY_TASK_ID."
     ),
-    batch_size: int = typer.Option(1, min=1, help="Jobs optimized together on CUDA."),
+    batch_size: int = typer.Option(
+        1, min=1, help="Jobs of one size and settings optimized as one batch (pays on a GPU)."
+    ),
     report_dir: Path | None = typer.Option(
         None, help="Folder for report.json/.csv [the manifest's folder]."
     ),

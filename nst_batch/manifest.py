@@ -31,7 +31,15 @@ from nst_batch.engine.optimize import Progress
 from nst_batch.engine.weights import resolve_source
 from nst_batch.errors import ConfigError, ManifestError, NstError
 from nst_batch.images import SAVE_FORMATS, open_rgb, write_atomic
-from nst_batch.jobs import Job, is_done, job_settings, parameter_names, run_job
+from nst_batch.jobs import (
+    Job,
+    batch_groups,
+    is_done,
+    job_settings,
+    parameter_names,
+    run_batch,
+    run_job,
+)
 from nst_batch.stylize import ModelPool, StylizeResult, resolve_device, sidecar_path
 
 ROW_KEYS = ("content", "style", "output", "name")  # the non-parameter columns
@@ -645,15 +653,53 @@ def execute(
 def _run_group(
     group: Sequence[PlannedJob], models: ModelPool, batch_size: int, events: JobEvents
 ) -> list[JobOutcome]:
-    """Run jobs that share a size, layer set and device. One after another for now; on CUDA
-    these are the jobs that can be optimized together, ``batch_size`` at a time (issue 7)."""
-    del batch_size  # the eager path runs one job at a time
-    outcomes = []
-    for planned in group:
-        events.start(planned)
-        outcome = execute(planned, models, events.step(planned))
+    """Run jobs that share a size, layer set and device. With ``batch_size`` > 1, those that can
+    share a batch (:func:`~nst_batch.jobs.batch_groups`) are optimized together; a batch that
+    fails is rerun job by job, so one bad job fails alone."""
+    outcomes: list[JobOutcome] = []
+    planned = {id(p.job): p for p in group}
+    for batch in batch_groups([p.job for p in group], batch_size):
+        members = [planned[id(job)] for job in batch]
+        if len(members) > 1:
+            done = _execute_batch(members, models, events)
+            if done is not None:
+                outcomes += done
+                continue
+        for member in members:
+            events.start(member)
+            outcome = execute(member, models, events.step(member))
+            events.end(outcome)
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _execute_batch(
+    members: Sequence[PlannedJob], models: ModelPool, events: JobEvents
+) -> list[JobOutcome] | None:
+    """Run jobs as one batch; their outcomes, or None when the batch failed (rerun them alone).
+    KeyboardInterrupt propagates, with nothing written for any of them."""
+    for member in members:
+        events.start(member)
+    steps = [events.step(member) for member in members]
+
+    def progress(p: Progress) -> None:
+        for i, step in enumerate(steps):
+            if step is not None:
+                step(p.job(i))
+
+    start = time.perf_counter()
+    try:
+        for member in members:
+            member.job.output.parent.mkdir(parents=True, exist_ok=True)
+        results = run_batch([m.job for m in members], models, progress)
+    except (NstError, RuntimeError, OSError):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None
+    seconds = time.perf_counter() - start
+    outcomes = [outcome_of(m, r, seconds) for m, r in zip(members, results, strict=True)]
+    for outcome in outcomes:
         events.end(outcome)
-        outcomes.append(outcome)
     return outcomes
 
 

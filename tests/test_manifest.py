@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -406,3 +407,19 @@ def test_ray_actors_run_jobs_and_catch_errors_per_job(images: Path, tmp_path: Pa
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["counts"]["done"] == 2 and data["jobs"][0]["iterations"] == 1
     assert (tmp_path / "out" / "2.png").is_file() and not (tmp_path / "out" / "1.png").exists()
+
+
+def test_batch_size_optimizes_compatible_jobs_together(images: Path, tmp_path: Path) -> None:
+    """Rows 0, 2, 4 (one content shape) run as one batch, 1 and 3 as another; every job gets its
+    own output, sidecar and report row, with the hash it has when run alone."""
+    manifest = write_csv(tmp_path / "jobs.csv", rows(5))
+    batches: list[int] = []
+    callbacks = RunCallbacks(step=lambda j, p: batches.append(len(p.jobs)))
+    config = ManifestConfig(defaults={**FAST, "steps": 2}, batch_size=3)
+    report = run_manifest(manifest, config, callbacks)
+    assert report.counts()["done"] == 5 and not report.failed
+    assert set(batches) == {1}  # each job's progress is its own view of the batch ...
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert {j["seconds"] for j in data["jobs"][0::2]} == {data["jobs"][0]["seconds"]}  # ... one run
+    solo = run_manifest(manifest, dataclasses.replace(config, batch_size=1))
+    assert solo.counts()["skipped"] == 5  # same parameter hash as a solo run: nothing to redo

@@ -121,3 +121,14 @@ def test_objective_gradient_through_vgg_matches_finite_differences(weights: Weig
         with torch.no_grad():
             numeric = (loss(x + bump) - loss(x - bump)) / (2 * eps)
         assert grad[index].item() == pytest.approx(numeric.item(), rel=1e-4, abs=1e-8), index
+
+
+def test_flops_from_the_layer_table_match_the_published_vgg19_count() -> None:
+    from nst_batch.engine.vgg import conv_flops, iteration_flops
+
+    # VGG19's 16 convolutions at 224x224: 19.5 G multiply-adds (Simonyan & Zisserman; the
+    # often-quoted 19.6 G includes the fully connected layers' 0.12 G).
+    assert conv_flops("relu5_4", 224, 224) / 2 == pytest.approx(19.51e9, rel=0.005)
+    assert conv_flops("conv1_1", 10, 10) == 2 * 3 * 64 * 9 * 100
+    one = iteration_flops(["relu1_1"], ["relu1_1"], 10, 10)
+    assert one == 2 * conv_flops("relu1_1", 10, 10) + 4 * 64**2 * 100

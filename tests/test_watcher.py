@@ -408,3 +408,14 @@ def test_status_command_reports_and_fails_when_stale(root: Path) -> None:
     assert stale.exit_code == 1 and "no worker reported" in stale.output
     as_json = json.loads(runner.invoke(app, ["status", str(inbox), "--json"]).stdout)
     assert sorted(w["worker_id"] for w in as_json["workers"]) == ["live", "old"]
+
+
+def test_batch_size_runs_jobs_of_one_size_together(root: Path) -> None:
+    jobs = [f"b{i}" for i in range(4)]
+    for job in jobs:
+        drop_pair(root / "inbox", job, {"style_weight": 5 + len(job)})
+    daemon = run_once(root, "--batch-size", "4")
+    started = daemon.events("started")
+    assert len(started) == 4 and {e.get("batch") for e in started} == {4}
+    assert len(daemon.events("done")) == 4
+    assert_clean_outbox(root, jobs)

@@ -167,3 +167,35 @@ def load_state(
         with torch.no_grad():
             param.copy_(state[key])
     return model
+
+
+def conv_flops(deepest: str, height: int, width: int) -> int:
+    """Floating-point operations (2 per multiply-add) of the 3x3 convolutions of one forward
+    pass of a (1, 3, height, width) image through the stack up to ``deepest``."""
+    total, h, w = 0, height, width
+    for spec in LAYERS[: LAYER_INDEX[layer_spec(deepest).name] + 1]:
+        if spec.kind == "conv":
+            total += 2 * spec.in_channels * spec.out_channels * 9 * h * w
+        elif spec.kind == "pool":
+            h, w = h // 2, w // 2  # kernel 2, stride 2, floor: as nn.MaxPool2d(2, 2)
+    return total
+
+
+def iteration_flops(
+    layers: Iterable[str], style_layers: Iterable[str], height: int, width: int
+) -> int:
+    """FLOPs of one optimization step for one image: the forward convolutions, the backward
+    pass to the input (one data-gradient convolution per forward one; no weight gradients),
+    and each style layer's Gram matrix forward (2 C^2 HW) and backward (2 C^2 HW). Element-wise
+    work (ReLU, pooling, losses, the optimizer) is memory-bound and not counted."""
+    layers = list(layers)
+    deepest = max(layers, key=lambda n: LAYER_INDEX[layer_spec(n).name])
+    total = 2 * conv_flops(deepest, height, width)
+    for name in style_layers:
+        spec = layer_spec(name)
+        h, w = height, width
+        for row in LAYERS[: LAYER_INDEX[name] + 1]:
+            if row.kind == "pool":
+                h, w = h // 2, w // 2
+        total += 4 * spec.out_channels**2 * h * w
+    return total

@@ -26,7 +26,7 @@ from typing import Any
 from nst_batch.engine.optimize import Progress
 from nst_batch.errors import ConfigError, NstError
 from nst_batch.images import write_atomic
-from nst_batch.jobs import Job, is_done, job_settings, run_job
+from nst_batch.jobs import Job, batch_groups, is_done, job_settings, run_batch, run_job
 from nst_batch.stylize import ModelPool, resolve_device
 from nst_batch.watcher.config import WatchConfig
 from nst_batch.watcher.inbox import (
@@ -226,10 +226,39 @@ class _Daemon:
             self.status.current, self.status.state = None, "idle"
 
     def run_group(self, group: list[tuple[Claimed, Job, int]]) -> None:
-        """Run jobs of one output size. Sequential for now; this is the one place where a CUDA
-        batched run of same-size jobs plugs in."""
-        for claimed, job, attempts in group:
-            self.run_one(claimed, job, attempts)
+        """Run jobs of one output size. With ``--batch-size`` > 1, jobs that can share a batch
+        (same settings but weights/styles/init, same content shape) are optimized as one; a
+        batch that fails is rerun job by job, so a bad job is still isolated and filed alone."""
+        entries = {id(job): (claimed, job, attempts) for claimed, job, attempts in group}
+        for batch in batch_groups([job for _, job, _ in group], self.config.batch_size):
+            members = [entries[id(job)] for job in batch]
+            if len(members) == 1 or self.stopping.is_set():
+                for member in members:
+                    self.run_one(*member)
+                continue
+            names = [claimed.name for claimed, _, _ in members]
+            self.status.current, self.status.state = ", ".join(names), "working"
+            for claimed, _, attempts in members:
+                event(self.log, "started", claimed.name, attempt=attempts, batch=len(members))
+            start = time.monotonic()
+            try:
+                run_batch(batch, self.models, self.check_cancel)
+            except JobCancelled:
+                for claimed, _, attempts in members:
+                    write_attempts(claimed.folder, attempts - 1, None)  # not the jobs' fault
+                    self.give_back(claimed, "shutdown grace period over")
+            except Exception as err:  # find the culprit: each job alone
+                reason = f"{type(err).__name__}: {err}"
+                event(self.log, "error", ", ".join(names), reason=f"batch failed: {reason}")
+                for member in members:
+                    self.run_one(*member)
+            else:
+                seconds = round(time.monotonic() - start, 3)
+                for claimed, job, _ in members:
+                    self.status.done += 1
+                    self.finish(claimed, "done", output=str(job.output), seconds=seconds)
+            finally:
+                self.status.current, self.status.state = None, "idle"
 
     def preload(self) -> None:
         """Load (and with ``--check-onnx``, check) the default model now, not on the first job:
