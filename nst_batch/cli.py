@@ -60,6 +60,7 @@ class PoolingChoice(str, Enum):
 
 
 class EnginePrecision(str, Enum):
+    auto = "auto"
     fp32 = "fp32"
     tf32 = "tf32"
     bf16 = "bf16"
@@ -259,7 +260,9 @@ def stylize_command(
         None, help="An `nst-batch export`: check the engine's features against it first."
     ),
     precision: EnginePrecision | None = typer.Option(
-        None, help="fp32, tf32 (CUDA convolutions) or bf16 (autocast; losses stay fp32) [fp32]."
+        None,
+        help="auto (bf16 where the hardware has it, else fp32), fp32, tf32 (CUDA convolutions) "
+        "or bf16 (autocast; Gram matrices and losses stay fp32) [auto].",
     ),
     cuda_graphs: bool | None = typer.Option(
         None, "--cuda-graphs/--no-cuda-graphs", help="Replay each step as a CUDA graph [on]."

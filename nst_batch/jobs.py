@@ -202,7 +202,7 @@ def run_batch(
 def batch_groups(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
     """Split jobs into batches of at most ``batch_size`` that can run as one: same
     :func:`~nst_batch.stylize.batch_key` and content of the same shape at the output size.
-    Order is kept within a group; groups come in the order of their first job. Jobs whose input
+    Batches come in the order of their first job (batch size 1 keeps the order). Jobs whose input
     cannot be read go alone (their error then surfaces when they run)."""
     groups: dict[tuple[Any, ...], list[list[Job]]] = {}
     for index, job in enumerate(jobs):
@@ -215,5 +215,6 @@ def batch_groups(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
         if len(batches[-1]) >= batch_size:
             batches.append([])
         batches[-1].append(job)
-    ordered = sorted(groups.values(), key=lambda b: jobs.index(b[0][0]))
-    return [batch for batches in ordered for batch in batches]
+    position = {id(job): i for i, job in enumerate(jobs)}
+    batches = [batch for found in groups.values() for batch in found]
+    return sorted(batches, key=lambda batch: position[id(batch[0])])

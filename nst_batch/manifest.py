@@ -30,7 +30,7 @@ import torch
 from nst_batch.engine.optimize import Progress
 from nst_batch.engine.weights import resolve_source
 from nst_batch.errors import ConfigError, ManifestError, NstError
-from nst_batch.images import SAVE_FORMATS, open_rgb, write_atomic
+from nst_batch.images import SAVE_FORMATS, open_rgb, oriented_size, resized_shape, write_atomic
 from nst_batch.jobs import (
     Job,
     batch_groups,
@@ -40,7 +40,13 @@ from nst_batch.jobs import (
     run_batch,
     run_job,
 )
-from nst_batch.stylize import ModelPool, StylizeResult, resolve_device, sidecar_path
+from nst_batch.stylize import (
+    ModelPool,
+    StylizeResult,
+    check_fits,
+    resolve_device,
+    sidecar_path,
+)
 
 ROW_KEYS = ("content", "style", "output", "name")  # the non-parameter columns
 STYLE_SEPARATOR = ";"  # several style images in one CSV cell / JSON string: "a.jpg;b.jpg"
@@ -431,6 +437,11 @@ def _row_job(
             problems.append(str(err))
     if problems or paths.content is None or paths.output is None:
         return None, problems
+    try:  # an image too small or elongated for the network at some pyramid level
+        sizes = [oriented_size(p) for p in (paths.content, *paths.styles)]
+        check_fits(config, resized_shape(sizes[0], config.size), sizes[1:])
+    except NstError as err:
+        return None, [str(err)]
     name = str(values.get("name") or f"line {line}")
     job = Job(paths.content, paths.styles, paths.output, config, outputs, name=name)
     return PlannedJob(line, job, raw), []

@@ -20,7 +20,13 @@ from torch import Tensor
 
 from nst_batch import __version__
 from nst_batch.color import preserve_colors
-from nst_batch.engine.graphs import Precision, check_precision, features_at, precision_context
+from nst_batch.engine.graphs import (
+    Precision,
+    check_precision,
+    features_at,
+    precision_context,
+    resolve_precision,
+)
 from nst_batch.engine.losses import (
     LossConfig,
     LossTerms,
@@ -37,7 +43,7 @@ from nst_batch.engine.optimize import (
     Progress,
     optimize,
 )
-from nst_batch.engine.vgg import Pooling, VGG19Features, load_state
+from nst_batch.engine.vgg import LAYER_INDEX, LAYERS, Pooling, VGG19Features, load_state
 from nst_batch.engine.weights import Weights, load_weights, resolve_source, sha256_file
 from nst_batch.errors import ConfigError, NstError
 from nst_batch.images import (
@@ -65,7 +71,9 @@ class ModelConfig:
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     channels_last: bool = True  # NHWC activations; measured faster on CPU (benchmarks/cpu.py)
     targets_backend: str = "auto"  # "torch", "onnx" (ONNX Runtime) or "auto" (per device)
-    precision: Precision = "fp32"  # "fp32", "tf32" (CUDA convolutions) or "bf16" (autocast)
+    # "auto" (bf16 where the hardware has it natively, else fp32), "fp32", "tf32" (CUDA
+    # convolutions) or "bf16" (autocast for the convolutions; Grams and losses in float32)
+    precision: Precision = "auto"
     cuda_graphs: bool = True  # replay the evaluation as a CUDA graph on CUDA
 
     def __post_init__(self) -> None:
@@ -390,7 +398,8 @@ def stylize_batch_tensors(
     config = configs[0]  # what all jobs share
     device = next(model.parameters()).device
     features = target_model or model
-    differentiable = features_at(model, config.model.precision)
+    precision = resolve_precision(config.model.precision, device)
+    differentiable = features_at(model, precision)
     content = torch.cat([c.to(device) for c in contents])  # (B, 3, H, W)
     pyramid = config.pyramid()
     steps = [config.steps_at(i, len(pyramid)) for i in range(len(pyramid))]
@@ -444,7 +453,7 @@ def stylize_batch_tensors(
             if progress is not None:
                 progress(globally(p))
 
-        with precision_context(config.model.precision, device):
+        with precision_context(precision, device):
             result = optimize(init, loss_fn, optim, report, graphs=config.model.cuda_graphs)
         history += [dataclasses.replace(globally(p), image=None) for p in result.history]
         offset += steps[i]
@@ -527,6 +536,9 @@ def read_inputs(
     if config.init not in ("content", "noise"):
         open_rgb(Path(config.init))  # fail now on a bad init image
     content_img = open_rgb(Path(content_path))
+    style_imgs = [open_rgb(p) for p in paths]
+    content_small = resize_long_edge(content_img, config.size)
+    check_fits(config, content_small.size, [img.size for img in style_imgs])
     return JobInputs(
         content_path=Path(content_path),
         style_paths=paths,
@@ -534,9 +546,34 @@ def read_inputs(
         config=config,
         outputs=outputs or OutputConfig(),
         content_img=content_img,
-        style_imgs=[open_rgb(p) for p in paths],
-        content_small=resize_long_edge(content_img, config.size),
+        style_imgs=style_imgs,
+        content_small=content_small,
     )
+
+
+def check_fits(
+    config: StylizeConfig, output: tuple[int, int], styles: Sequence[tuple[int, int]]
+) -> None:
+    """Refuse images whose short edge, at some pyramid level, is smaller than the deepest layer
+    needs (each pooling halves it: relu5_1 needs 16 px), instead of failing inside the network."""
+    deepest = max(config.loss.layers, key=lambda n: LAYER_INDEX[n])
+    pools = sum(1 for spec in LAYERS[: LAYER_INDEX[deepest]] if spec.kind == "pool")
+    need = 2**pools
+    for edge in config.pyramid():
+        scale = edge / max(output)
+        if round(min(output) * scale) < need:
+            raise ConfigError(
+                f"the output would be {round(output[0] * scale)}x{round(output[1] * scale)} px "
+                f"at the {edge} px scale; layer {deepest} needs a short edge of at least {need} "
+                "px: use a larger size, fewer scales or a less elongated content image"
+            )
+        style_edge = max(16, round(config.style_scale * edge))
+        for w, h in styles:
+            if round(min(w, h) * style_edge / max(w, h)) < need:
+                raise ConfigError(
+                    f"a {w}x{h} style image is too elongated for a {style_edge} px style size "
+                    f"(layer {deepest} needs a short edge of at least {need} px)"
+                )
 
 
 def _progress_fanout(
@@ -737,6 +774,7 @@ def _metadata(
             "preprocessing": weights.source.preprocessing,
         },
         "device": str(device),
+        "precision": resolve_precision(config.model.precision, device),
         "torch_version": torch.__version__,
         "wall_seconds": round(wall_seconds, 3),
         "optimize_seconds": round(result.elapsed, 3),

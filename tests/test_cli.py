@@ -166,3 +166,16 @@ def test_init_from_an_image_file(pair: tuple[Path, Path], tmp_path: Path) -> Non
     )
     assert result.exit_code == 0, result.output
     assert json.loads(out.with_suffix(".json").read_text())["parameters"]["init"] == str(style)
+
+
+def test_too_elongated_for_the_network_is_a_clear_error(tmp_path: Path) -> None:
+    """A 400x30 content at 32 px would be 32x2 px: refused up front, not a max-pool crash."""
+    content, style = tmp_path / "strip.png", tmp_path / "style.png"
+    Image.new("RGB", (400, 30), (90, 120, 200)).save(content)
+    Image.new("RGB", (40, 40), (200, 120, 90)).save(style)
+    out = tmp_path / "out.png"
+    result = CliRunner().invoke(
+        app, ["stylize", str(content), str(style), "-o", str(out), "--size", "32"]
+    )
+    assert result.exit_code == 1
+    assert "short edge of at least 16 px" in result.output and not out.exists()

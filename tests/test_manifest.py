@@ -161,6 +161,7 @@ def test_jsonl_row_with_artistic_controls(images: Path, tmp_path: Path) -> None:
 def test_validation_lists_every_problem_with_line_numbers(images: Path, tmp_path: Path) -> None:
     (tmp_path / "out" / "taken.png").mkdir(parents=True)
     (tmp_path / "img" / "empty.png").write_bytes(b"")
+    Image.new("RGB", (400, 30)).save(tmp_path / "img" / "strip.png")  # 32x2 px at size 32
     manifest = write_csv(
         tmp_path / "jobs.csv",
         [
@@ -176,6 +177,7 @@ def test_validation_lists_every_problem_with_line_numbers(images: Path, tmp_path
             {"content": "img/c1.png", "style": "img/s1.png", "output": "out/taken.png"},  # 6
             {"content": "img/c1.png", "style": "img/empty.png", "output": "out/ok.jpg"},  # 7
             {"content": "img/c1.png", "style": "", "output": "out/z.png", "stlye": "x"},  # 8
+            {"content": "img/strip.png", "style": "img/s1.png", "output": "out/s.png"},  # 9
         ],
     )
     result = invoke("run", manifest, *FAST_FLAGS)
@@ -192,6 +194,7 @@ def test_validation_lists_every_problem_with_line_numbers(images: Path, tmp_path
         # out/ok.jpg's sidecar is out/ok.json, like out/ok.png's
         f"line 7: output {tmp_path / 'out' / 'ok.json'} is also written by line 2",
         "line 8: style: missing",
+        "line 9: the output would be 32x2 px",
     ]
     flat = " ".join(text.split())  # rich may wrap long lines
     for fragment in expected:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
 import torch
@@ -21,8 +22,8 @@ from torch import Tensor
 
 from nst_batch.errors import ConfigError
 
-Precision = Literal["fp32", "tf32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
+Precision = Literal["auto", "fp32", "tf32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "tf32", "bf16")
 WARMUP_CALLS = 3  # eager calls before capture (the CUDA-graphs docs use a few)
 
 T = TypeVar("T")
@@ -33,6 +34,29 @@ def check_precision(precision: str) -> None:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Does the device compute bf16 natively: a CUDA GPU of compute capability 8.0 or newer, or
+    a CPU with AVX512-BF16 or AMX (Linux: read from /proc/cpuinfo; elsewhere assumed not)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> Precision:
+    """``auto`` is bf16 where the device computes it natively, else fp32. On the development
+    CPU (AVX512-BF16) bf16 steps are 1.45x faster at the same final loss (README, "GPU engine")."""
+    check_precision(precision)
+    if precision != "auto":
+        return precision  # type: ignore[return-value]
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 @contextlib.contextmanager
 def precision_context(precision: Precision, device: torch.device) -> Iterator[None]:
     """cuDNN settings for the loop on CUDA: autotuned convolutions, TF32 only when asked.
@@ -40,7 +64,7 @@ def precision_context(precision: Precision, device: torch.device) -> Iterator[No
     torch enables TF32 convolutions by default; "fp32" must turn it off to mean full float32.
     The Gram matrices are float32 matmuls, which torch keeps at full precision by default.
     """
-    check_precision(precision)
+    precision = resolve_precision(precision, device)
     if device.type != "cuda":
         yield
         return
@@ -52,7 +76,7 @@ def precision_context(precision: Precision, device: torch.device) -> Iterator[No
 
 def features_at(
     model: Callable[[Tensor], Mapping[str, Tensor]], precision: Precision
-) -> Callable[[Tensor], Mapping[str, Tensor]]:
+) -> Callable[[Tensor], Mapping[str, Tensor]]:  # precision already resolved (not "auto")
     """The feature stack at ``precision``: bf16 runs the convolutions under autocast.
 
     Features come out in bf16; :mod:`nst_batch.engine.losses` takes Gram matrices and losses in

@@ -124,7 +124,22 @@ def gram(features: Tensor) -> Tensor:
     """
     b, c, h, w = features.shape
     f = _wide(features.reshape(b, c, h * w))
-    return torch.bmm(f, f.transpose(1, 2)) / (h * w)  # (B, C, C)
+    return _GramProduct.apply(f) / (h * w)  # (B, C, C)
+
+
+class _GramProduct(torch.autograd.Function):
+    """``F F^T`` with a backward of one batched product, ``(dG + dG^T) F``, where autograd's own
+    takes two (one per operand); the Gram matrices are ~12% of a CPU step."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, f: Tensor) -> Tensor:
+        ctx.save_for_backward(f)
+        return torch.bmm(f, f.transpose(1, 2))  # (B, C, C)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        (f,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return torch.bmm(grad + grad.transpose(1, 2), f)  # (B, C, H W)
 
 
 def _per_image(x: Tensor, target: Tensor, reduce: Literal["sum", "mean", "relative"]) -> Tensor:
