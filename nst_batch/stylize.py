@@ -458,7 +458,9 @@ def stylize_batch_tensors(
         history += [dataclasses.replace(globally(p), image=None) for p in result.history]
         offset += steps[i]
         image = result.image
-        if result.stop_reason in ("interrupted", "time"):
+        # A coarse level that used up its share of the time budget hands over to the next
+        # (which gets what is left); only Ctrl-C ends the pyramid early.
+        if result.stop_reason == "interrupted":
             break
     assert result is not None and image is not None
     if image.shape[-2:] != content.shape[-2:]:  # stopped at a coarse scale

@@ -162,6 +162,11 @@ def test_time_budget_and_early_stop(model, content) -> None:
     style = to_tensor(swirl_painting(64, seed=1, strokes=300))
     timed = stylize_tensors(content, [style], build_config(size=64, max_seconds=1e-6), model)
     assert timed.stop_reason == "time" and timed.steps == 1
+    # Coarse to fine: each level gets its share of the budget and the finest the rest.
+    budget = build_config(size=64, scales=2, steps=100_000, max_seconds=1.5)
+    pyramid = stylize_tensors(content, [style], budget, model)
+    assert pyramid.stop_reason == "time" and {p.scale for p in pyramid.history} == {0, 1}
+    assert pyramid.elapsed >= 1.5 and pyramid.image.shape[-2:] == content.shape[-2:]
     early = build_config(size=64, steps=200, tolerance=0.5, window=3)
     converged = stylize_tensors(content, [style], early, model)
     assert converged.stop_reason == "converged" and converged.steps < 200
