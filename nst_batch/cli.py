@@ -141,9 +141,10 @@ def _report(result: StylizeResult, output: Path) -> None:
     meta = result.metadata
     verb = "interrupted; saved best image so far to" if result.interrupted else "wrote"
     final = meta["pyramid"][-1]["seconds_per_iteration"] or 0.0
+    why = {"time": ", time budget spent", "converged": ", converged"}.get(meta["stop_reason"], "")
     _stderr().print(
-        f"{verb} {output} ({meta['steps_completed']} steps, {meta['stop_reason']}; "
-        f"{final:.3f} s/it at {meta['pyramid'][-1]['long_edge']} px on {meta['device']}) "
+        f"{verb} {output} ({meta['steps_completed']} steps{why}; {final:.3f} s/it at "
+        f"{meta['pyramid'][-1]['long_edge']} px on {meta['device']}, {meta['precision']}) "
         f"and {sidecar_path(output)}",
         soft_wrap=True,
     )
