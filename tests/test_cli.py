@@ -132,7 +132,15 @@ def test_ctrl_c_saves_best_image_and_exits_130(pair: tuple[Path, Path], tmp_path
     cmd = [sys.executable, "-m", "nst_batch", "stylize", *map(str, pair), "-o", str(out)]
     cmd += ["--size", "48", "--steps", "100000"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    # A child of a background shell inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: give it the default disposition, as a terminal would.
+    proc = subprocess.Popen(
+        cmd,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         assert proc.stderr is not None
         for line in proc.stderr:  # non-terminal stderr gets plain progress lines
