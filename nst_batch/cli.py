@@ -491,15 +491,16 @@ def verify_command(
     console.print("[green]all layers within tolerance[/]")
 
 
-def _param_pairs(items: list[str] | None) -> dict[str, str]:
-    """``--param KEY=VALUE`` options as flat parameters (checked by job_settings)."""
-    params = {}
-    for item in items or []:
+def _defaults(flags: dict[str, object], pairs: list[str] | None, option: str) -> dict[str, object]:
+    """Default stylize parameters of a batch command: its named flags that were given, then its
+    repeatable ``KEY=VALUE`` option (checked later by job_settings)."""
+    defaults = {k: v for k, v in flags.items() if v is not None}
+    for item in pairs or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--param expects KEY=VALUE, not {item!r}")
-        params[key.strip()] = value.strip()
-    return params
+            raise ConfigError(f"{option} expects KEY=VALUE, not {item!r}")
+        defaults[key.strip()] = value.strip()
+    return defaults
 
 
 @app.command("watch")
@@ -549,8 +550,7 @@ def watch_command(
     from nst_batch.watcher.daemon import watch
 
     try:
-        defaults = {
-            **_param_pairs(params),
+        flags: dict[str, object] = {
             "preset": preset,
             "size": size,
             "steps": steps,
@@ -559,7 +559,7 @@ def watch_command(
             "weights": weights,
             "targets_backend": targets_backend.value if targets_backend else None,
         }
-        defaults = {k: v for k, v in defaults.items() if v is not None}
+        defaults = _defaults(flags, params, "--param")
         job_settings({}, defaults)  # bad defaults fail now, not on every job
         config = make_config(
             inbox,
@@ -830,7 +830,7 @@ def run_command(
     from nst_batch.manifest import ManifestConfig, run_manifest, shard_from_env
 
     try:
-        defaults: dict[str, object] = {
+        flags: dict[str, object] = {
             "preset": preset,
             "size": size,
             "steps": steps,
@@ -839,13 +839,8 @@ def run_command(
             "device": device,
             "weights": weights,
         }
-        for item in settings or []:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-            defaults[key.strip()] = value.strip()
         config = ManifestConfig(
-            defaults={k: v for k, v in defaults.items() if v is not None},
+            defaults=_defaults(flags, settings, "--set"),
             config_file=config_file,
             force=force,
             dry_run=dry_run,

@@ -33,6 +33,7 @@ from nst_batch.stylize import (
     build_config,
     parameter_hash,
     read_inputs,
+    sidecar_path,
     stylize,
     stylize_batch,
 )
@@ -149,7 +150,7 @@ def job_settings(
 
 def recorded_hash(output: Path) -> str | None:
     """The parameter hash of a finished output, or None if the output or its sidecar is missing."""
-    sidecar = output.with_suffix(".json")
+    sidecar = sidecar_path(output)
     if not output.is_file() or not sidecar.is_file():
         return None
     try:

@@ -30,7 +30,7 @@ import torch
 from nst_batch.engine.optimize import Progress
 from nst_batch.engine.weights import resolve_source
 from nst_batch.errors import ConfigError, ManifestError, NstError
-from nst_batch.images import SAVE_FORMATS, open_rgb, oriented_size, resized_shape, write_atomic
+from nst_batch.images import SAVE_FORMATS, open_rgb, resized_shape, write_atomic
 from nst_batch.jobs import (
     Job,
     batch_groups,
@@ -333,16 +333,21 @@ class _Checker:
     def __init__(self, check_device: bool) -> None:
         self.check_device = check_device
         self._images: dict[Path, str] = {}
+        self._sizes: dict[Path, tuple[int, int]] = {}
         self._devices: dict[str, str] = {}
 
     def image(self, path: Path) -> str:
         if path not in self._images:
             try:
-                open_rgb(path)
+                self._sizes[path] = open_rgb(path).size
                 self._images[path] = ""
             except NstError as err:
                 self._images[path] = str(err)
         return self._images[path]
+
+    def size(self, path: Path) -> tuple[int, int]:
+        """(W, H) as decoded, EXIF rotation applied; for a path :meth:`image` found good."""
+        return self._sizes[path]
 
     def device(self, name: str) -> str:
         if not self.check_device:
@@ -438,7 +443,7 @@ def _row_job(
     if problems or paths.content is None or paths.output is None:
         return None, problems
     try:  # an image too small or elongated for the network at some pyramid level
-        sizes = [oriented_size(p) for p in (paths.content, *paths.styles)]
+        sizes = [checker.size(p) for p in (paths.content, *paths.styles)]
         check_fits(config, resized_shape(sizes[0], config.size), sizes[1:])
     except NstError as err:
         return None, [str(err)]

@@ -56,7 +56,14 @@ from nst_batch.engine.losses import DEFAULT_STYLE_LAYERS, LossConfig, compute_ta
 from nst_batch.engine.vgg import layer_spec
 from nst_batch.errors import ConfigError, ImageError
 from nst_batch.images import open_rgb, resize_long_edge, to_pil, to_tensor
-from nst_batch.stylize import ModelConfig, ModelPool, resize_to, resolve_device
+from nst_batch.stylize import (
+    ModelConfig,
+    ModelPool,
+    check_style_settings,
+    resize_to,
+    resolve_device,
+    style_long_edge,
+)
 
 ImageInput = Path | str | Tensor | Image.Image  # a file, or an RGB image (1, 3, H, W) in [0, 1]
 
@@ -86,12 +93,7 @@ class MetricsConfig:
                 raise ConfigError(str(err)) from None
         if self.size is not None and not 16 <= self.size <= 8192:
             raise ConfigError(f"size must be between 16 and 8192 pixels, not {self.size}")
-        if not 0.05 <= self.style_scale <= 8:
-            raise ConfigError(f"style_scale must be between 0.05 and 8, not {self.style_scale}")
-        if self.style_blend is not None and (
-            min(self.style_blend, default=-1) < 0 or sum(self.style_blend) <= 0
-        ):
-            raise ConfigError(f"style_blend needs non-negative weights, not {self.style_blend}")
+        check_style_settings(self.style_scale, self.style_blend)
 
     @property
     def model(self) -> ModelConfig:
@@ -203,7 +205,7 @@ def _measure(
     device = resolve_device(config.device)
     model, _ = (models or ModelPool()).get(config.model, config.layers, device)
     width, height = out.shape[-1], out.shape[-2]
-    style_edge = max(16, round(config.style_scale * max(width, height)))
+    style_edge = style_long_edge(config.style_scale, max(width, height))
     with torch.no_grad():
         features = model(out.to(device))
         content_error, per_layer = math.nan, {}

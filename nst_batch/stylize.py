@@ -50,6 +50,7 @@ from nst_batch.images import (
     check_output_path,
     open_rgb,
     resize_long_edge,
+    resized_shape,
     save_image,
     to_tensor,
     write_atomic,
@@ -57,8 +58,8 @@ from nst_batch.images import (
 from nst_batch.presets import get_preset, override
 
 HISTORY_POINTS = 200  # loss-history samples kept in the sidecar
-# Targets backend per device for targets_backend="auto": ONNX Runtime's CPU forward pass measured
-# 20-30% faster than torch's (benchmarks/results/targets-cpu.md); on CUDA torch (not yet measured).
+# Targets backend per device for targets_backend="auto": ONNX Runtime's CPU forward pass takes
+# 0.65-0.71x torch's time (benchmarks/results/targets-cpu.md); on CUDA torch (not yet measured).
 AUTO_TARGETS_BACKEND = {"cpu": "onnx", "cuda": "torch"}
 AUTO_SCALES_FROM = 384  # outputs at least this large are optimized coarse to fine by default
 SMALLEST_SCALE = 128  # the coarsest scale's long edge is at least this
@@ -80,6 +81,18 @@ class ModelConfig:
         check_precision(self.precision)
 
 
+def check_style_settings(style_scale: float, style_blend: tuple[float, ...] | None) -> None:
+    if not 0.05 <= style_scale <= 8:
+        raise ConfigError(f"style_scale must be between 0.05 and 8, not {style_scale}")
+    if style_blend is not None and (min(style_blend, default=-1) < 0 or sum(style_blend) <= 0):
+        raise ConfigError(f"style_blend needs non-negative weights, not {style_blend}")
+
+
+def style_long_edge(style_scale: float, long_edge: int) -> int:
+    """Long edge the style images are used at when the output's is ``long_edge``."""
+    return max(16, round(style_scale * long_edge))
+
+
 @dataclass(frozen=True)
 class StylizeConfig:
     size: int = 512  # long edge of the output, in pixels
@@ -98,16 +111,11 @@ class StylizeConfig:
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 8192:
             raise ConfigError(f"size must be between 16 and 8192 pixels, not {self.size}")
-        if not 0.05 <= self.style_scale <= 8:
-            raise ConfigError(f"style_scale must be between 0.05 and 8, not {self.style_scale}")
+        check_style_settings(self.style_scale, self.style_blend)
         if self.scales is not None and not 1 <= self.scales <= 6:
             raise ConfigError(f"scales must be between 1 and 6, not {self.scales}")
         if self.scale_steps is not None and self.scale_steps < 1:
             raise ConfigError(f"scale_steps must be at least 1, not {self.scale_steps}")
-        if self.style_blend is not None and (
-            min(self.style_blend, default=-1) < 0 or sum(self.style_blend) <= 0
-        ):
-            raise ConfigError(f"style_blend needs non-negative weights, not {self.style_blend}")
 
     def pyramid(self) -> tuple[int, ...]:
         """Long edge of each scale, coarse to fine, ending at ``size``."""
@@ -119,6 +127,10 @@ class StylizeConfig:
         else:
             n = self.scales
         return tuple(max(16, round(self.size / 2**k)) for k in reversed(range(n)))
+
+    def style_edge(self, long_edge: int) -> int:
+        """Long edge of the style images when the output's is ``long_edge``."""
+        return style_long_edge(self.style_scale, long_edge)
 
     def steps_at(self, scale_index: int, n_scales: int) -> int:
         if scale_index == n_scales - 1:
@@ -331,11 +343,10 @@ def initial_image(init: str, content: Tensor, seed: int) -> Tensor:
 def resize_to(image: Tensor, long_edge: int) -> Tensor:
     """Resize (B, 3, H, W) so its long edge is ``long_edge``, antialiased."""
     h, w = image.shape[-2:]
-    scale = long_edge / max(h, w)
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    if size == (h, w):
+    new_w, new_h = resized_shape((w, h), long_edge)
+    if (new_h, new_w) == (h, w):
         return image
-    return F.interpolate(image, size=size, mode="bicubic", antialias=True).clamp(0, 1)
+    return F.interpolate(image, size=(new_h, new_w), mode="bicubic", antialias=True).clamp(0, 1)
 
 
 def batch_key(config: StylizeConfig) -> tuple[Any, ...]:
@@ -491,7 +502,7 @@ def _targets(
 ) -> Targets:
     """One job's targets at one pyramid level: content (1, 3, H, W) already at that level."""
     device = content.device
-    style_edge = max(16, round(config.style_scale * long_edge))
+    style_edge = config.style_edge(long_edge)
     return compute_targets(
         features(content),
         [features(resize_to(s.to(device), style_edge)) for s in styles],
@@ -562,16 +573,16 @@ def check_fits(
     pools = sum(1 for spec in LAYERS[: LAYER_INDEX[deepest]] if spec.kind == "pool")
     need = 2**pools
     for edge in config.pyramid():
-        scale = edge / max(output)
-        if round(min(output) * scale) < need:
+        w, h = resized_shape(output, edge)
+        if min(w, h) < need:
             raise ConfigError(
-                f"the output would be {round(output[0] * scale)}x{round(output[1] * scale)} px "
-                f"at the {edge} px scale; layer {deepest} needs a short edge of at least {need} "
-                "px: use a larger size, fewer scales or a less elongated content image"
+                f"the output would be {w}x{h} px at the {edge} px scale; layer {deepest} needs "
+                f"a short edge of at least {need} px: use a larger size, fewer scales or a less "
+                "elongated content image"
             )
-        style_edge = max(16, round(config.style_scale * edge))
+        style_edge = config.style_edge(edge)
         for w, h in styles:
-            if round(min(w, h) * style_edge / max(w, h)) < need:
+            if min(resized_shape((w, h), style_edge)) < need:
                 raise ConfigError(
                     f"a {w}x{h} style image is too elongated for a {style_edge} px style size "
                     f"(layer {deepest} needs a short edge of at least {need} px)"
@@ -718,9 +729,7 @@ def _style_size(
     size: tuple[int, int], output: tuple[int, int], config: StylizeConfig
 ) -> tuple[int, int]:
     """The size a style image is used at, at the final scale (W, H)."""
-    edge = max(16, round(config.style_scale * max(output)))
-    scale = edge / max(size)
-    return (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+    return resized_shape(size, config.style_edge(max(output)))
 
 
 def _levels(config: StylizeConfig, history: list[Progress]) -> list[dict[str, Any]]:

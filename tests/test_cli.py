@@ -187,3 +187,18 @@ def test_too_elongated_for_the_network_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "short edge of at least 16 px" in result.output and not out.exists()
+
+
+def test_key_value_defaults_are_kept_beside_the_named_flags() -> None:
+    """`watch --param size=64` (no --size) and `run --set ...`: a KEY=VALUE is never dropped."""
+    from nst_batch.cli import _defaults
+    from nst_batch.errors import ConfigError
+
+    flags = {"size": None, "steps": 3}
+    assert _defaults(flags, ["size=64", " style_weight = 5"], "--param") == {
+        "steps": 3,
+        "size": "64",
+        "style_weight": "5",
+    }
+    with pytest.raises(ConfigError, match="--set expects KEY=VALUE"):
+        _defaults(flags, ["size"], "--set")

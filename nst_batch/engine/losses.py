@@ -204,7 +204,7 @@ def tv_terms(image: Tensor, kind: TVKind = "l2", exponent: float = 1.0) -> Tenso
 
 
 # A batch's loss is the sum of its images' losses, so a job's gradient never depends on its
-# batch mates (batched jobs, nst_batch.batch).
+# batch mates (batched jobs, nst_batch.jobs.run_batch).
 def content_loss(features: Tensor, target: Tensor, normalization: Normalize = "relative") -> Tensor:
     """:func:`content_terms` summed over the batch."""
     return content_terms(features, target, normalization).sum()
