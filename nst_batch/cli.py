@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -46,7 +48,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM; the shell's convention for SIGINT
 
 
 class OptimizerChoice(str, Enum):
@@ -162,7 +164,8 @@ def _run_stylize(
 
     try:
         models = ModelPool(check_onnx)
-        with _progress_reporter(output.name, log_every=max(1, config.optim.steps // 20)) as report:
+        log_every = max(1, config.optim.steps // 20)
+        with _sigterm_as_ctrl_c(), _progress_reporter(output.name, log_every) as report:
             result = stylize(content, styles, output, config, report, outputs, models)
     except NstError as err:
         raise _fail(str(err)) from None
@@ -782,8 +785,22 @@ def _report_table(report: Report, title: str, limit: int = 100) -> Table:
     return table
 
 
-def _interrupt_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # a pod or job being stopped: finish like Ctrl-C
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (docker stop, Kubernetes, Slurm) ends a command as Ctrl-C does: KeyboardInterrupt
+    in the main thread, so the optimization stops and what it has is saved or reported."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be set from the main thread
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command("run")
@@ -824,7 +841,6 @@ def run_command(
 ) -> None:
     """Run every job of MANIFEST: validated up front, resumable, shardable; writes a report."""
     import os
-    import signal
 
     from nst_batch.errors import ManifestError
     from nst_batch.manifest import ManifestConfig, run_manifest, shard_from_env
@@ -854,9 +870,8 @@ def run_command(
     except ConfigError as err:
         raise _fail(str(err), 2) from None
     console = _stderr()
-    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
-        with _run_progress(console) as callbacks:
+        with _sigterm_as_ctrl_c(), _run_progress(console) as callbacks:
             report = run_manifest(manifest, config, None if dry_run else callbacks)
     except ManifestError as err:
         raise _fail(str(err), 2) from None
@@ -864,8 +879,6 @@ def run_command(
         raise _fail(str(err)) from None
     except KeyboardInterrupt:  # before the first job: nothing was written
         raise _fail("interrupted before any job ran; nothing written", EXIT_INTERRUPTED) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if dry_run:
         Console(highlight=False).print(_report_table(report, f"plan for {manifest}"))
         counts = report.counts()
