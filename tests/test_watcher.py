@@ -419,3 +419,24 @@ def test_batch_size_runs_jobs_of_one_size_together(root: Path) -> None:
     assert len(started) == 4 and {e.get("batch") for e in started} == {4}
     assert len(daemon.events("done")) == 4
     assert_clean_outbox(root, jobs)
+
+
+def test_sigterm_cancels_at_grace_plus_one_step_also_between_host_reads(root: Path) -> None:
+    """The grace is checked before every optimizer step, not only when the loop reads losses
+    back (every 25 steps on a GPU; here ``sync_every`` makes that one read per job): a job
+    far longer than the grace stops within grace + one step (plus the process's exit)."""
+    params = {"steps": 3000, "sync_every": 3000, "size": 160, "scales": 2, "scale_steps": 3}
+    drop_pair(root / "inbox", "slow", params)
+    daemon = Daemon(root, "--grace", "1")
+    try:
+        daemon.wait_for(lambda: bool(daemon.events("started")))
+        time.sleep(0.5)  # under way
+        start = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=30) == 0, daemon.log_text()
+        seconds = time.monotonic() - start
+    finally:
+        daemon.proc.kill()
+    assert seconds < 1 + 4, daemon.log_text()  # grace 1 s; a step here takes well under 1 s
+    assert [e["reason"] for e in daemon.events("requeued")] == ["shutdown grace period over"]
+    assert names(root / "outbox") == [] and names(root / "inbox") == ["slow", "status.json"]

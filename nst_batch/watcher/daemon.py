@@ -23,7 +23,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from nst_batch.engine.optimize import Progress
 from nst_batch.errors import ConfigError, NstError
 from nst_batch.images import write_atomic
 from nst_batch.jobs import Job, batch_groups, is_done, job_settings, run_batch, run_job
@@ -56,7 +55,8 @@ EXIT_OBSERVER_DIED = 2
 
 
 class JobCancelled(Exception):
-    """Raised from the progress callback to stop a job at shutdown; run_job then writes nothing."""
+    """Raised by the cancel check (before every optimizer step) to stop a job at shutdown;
+    run_job then writes nothing."""
 
 
 @dataclass
@@ -81,7 +81,7 @@ class _Daemon:
             self.stopping.set()
         self.hint.set()
 
-    def check_cancel(self, progress: Progress) -> None:
+    def check_cancel(self) -> None:
         if self.cancel_at is not None and time.monotonic() >= self.cancel_at:
             raise JobCancelled
 
@@ -204,7 +204,7 @@ class _Daemon:
         event(self.log, "started", claimed.name, attempt=attempts, size=job.config.size)
         start = time.monotonic()
         try:
-            run_job(job, self.models, self.check_cancel)
+            run_job(job, self.models, cancel_check=self.check_cancel)
         except JobCancelled:
             write_attempts(claimed.folder, attempts - 1, None)  # not the job's fault
             self.give_back(claimed, "shutdown grace period over")
@@ -242,7 +242,7 @@ class _Daemon:
                 event(self.log, "started", claimed.name, attempt=attempts, batch=len(members))
             start = time.monotonic()
             try:
-                run_batch(batch, self.models, self.check_cancel)
+                run_batch(batch, self.models, cancel_check=self.check_cancel)
             except JobCancelled:
                 for claimed, _, attempts in members:
                     write_attempts(claimed.folder, attempts - 1, None)  # not the jobs' fault
