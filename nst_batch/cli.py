@@ -599,12 +599,13 @@ def status_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print status.json as it is."),
 ) -> None:
-    """Print the daemons' status.json; exit 1 if it is missing or stale (for HEALTHCHECK)."""
+    """Print the daemons' status.json; exit 1 if it is missing or no worker is live (stopped,
+    dead, or silent past --max-age): for HEALTHCHECK."""
     import json
     import time
 
     from nst_batch.watcher.config import STATUS_NAME
-    from nst_batch.watcher.status import fresh_workers, read_summary
+    from nst_batch.watcher.status import judged, live_workers, read_summary
 
     try:
         summary = read_summary(inbox / STATUS_NAME)
@@ -614,18 +615,20 @@ def status_command(
         print(json.dumps(summary, indent=2))
     else:
         now = time.time()
-        for w in summary["workers"]:
+        for w in map(judged, summary["workers"]):
             current = w.get("current") or "-"
+            state = f"dead ({w.get('dead_reason')})" if w.get("state") == "dead" else w.get("state")
             print(
-                f"{w.get('worker_id')}: {w.get('state')}, updated {now - w.get('updated', 0):.0f}s "
+                f"{w.get('worker_id')}: {state}, updated {now - w.get('updated', 0):.0f}s "
                 f"ago, queue {w.get('queue_depth')}, current {current}, done {w.get('done')}, "
                 f"skipped {w.get('skipped')}, failed {w.get('failed')}, "
                 f"last error {w.get('last_error') or '-'}"
             )
         if not summary["workers"]:
             print("no workers")
-    if max_age is not None and not fresh_workers(summary, max_age, local):
-        raise _fail(f"no {'local ' if local else ''}worker reported in the last {max_age:g} s")
+    if not live_workers(summary, max_age, local):
+        within = "" if max_age is None else f" reported in the last {max_age:g} s"
+        raise _fail(f"no live {'local ' if local else ''}worker{within}")
 
 
 @app.command("score")

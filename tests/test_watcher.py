@@ -16,6 +16,7 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -263,7 +264,10 @@ def test_sigkill_mid_job_then_restart_finishes_every_job_once(root: Path) -> Non
     assert any(e["job"] == "victim" for e in second.events("requeued"))
     assert_clean_outbox(root, jobs)
     assert names(root / "failed") == [] and names(inbox) == ["status.json"]
-    assert names(root / "work") == []  # both workers' folders gone
+    # The second's folder is gone; the killed one's holds only its record, marked dead.
+    (left,) = names(root / "work")
+    assert names(root / "work" / left) == [".worker.json"]
+    assert json.loads((root / "work" / left / ".worker.json").read_text())["state"] == "dead"
 
 
 def test_two_daemons_on_one_inbox_never_process_a_job_twice(root: Path) -> None:
@@ -405,7 +409,7 @@ def test_status_command_reports_and_fails_when_stale(root: Path) -> None:
     assert shown.exit_code == 0 and "live: starting" in shown.output and "done 3" in shown.output
     assert runner.invoke(app, ["status", str(inbox), "--max-age", "60", "--local"]).exit_code == 0
     stale = runner.invoke(app, ["status", str(inbox), "--max-age", "0.5"])
-    assert stale.exit_code == 1 and "no worker reported" in stale.output
+    assert stale.exit_code == 1 and "no live worker reported" in stale.output
     as_json = json.loads(runner.invoke(app, ["status", str(inbox), "--json"]).stdout)
     assert sorted(w["worker_id"] for w in as_json["workers"]) == ["live", "old"]
 
@@ -440,3 +444,34 @@ def test_sigterm_cancels_at_grace_plus_one_step_also_between_host_reads(root: Pa
     assert seconds < 1 + 4, daemon.log_text()  # grace 1 s; a step here takes well under 1 s
     assert [e["reason"] for e in daemon.events("requeued")] == ["shutdown grace period over"]
     assert names(root / "outbox") == [] and names(root / "inbox") == ["slow", "status.json"]
+
+
+def test_status_counts_only_live_workers(root: Path) -> None:
+    """A killed daemon is not healthy once its pid is gone (two heartbeats missed), although
+    status.json still says "idle"; the next daemon marks it dead there; a stopped one is not
+    healthy either, with or without --max-age."""
+    inbox = str(root / "inbox")
+    first = Daemon(root, tag="first")
+    first.wait_for(lambda: bool(first.events("watching")))
+    assert runner.invoke(app, ["status", inbox, "--max-age", "60", "--local"]).exit_code == 0
+    first.proc.kill()
+    first.proc.wait()
+    time.sleep(1.5)  # three heartbeats of 0.5 s missed; --stale-after (2 s) not yet reached
+    shown = runner.invoke(app, ["status", inbox, "--max-age", "60", "--local"])
+    assert shown.exit_code == 1 and "no live local worker" in shown.output, shown.output
+    assert f"dead (pid {first.proc.pid} gone)" in shown.output
+    second = Daemon(root, tag="second")
+
+    def summary() -> dict[str, Any]:
+        return json.loads((root / "inbox" / "status.json").read_text())
+
+    try:
+        second.wait_for(lambda: bool(second.events("dead")))
+        expected = {first.proc.pid: "dead", second.proc.pid: "idle"}
+        second.wait_for(lambda: {w["pid"]: w["state"] for w in summary()["workers"]} == expected)
+        assert summary()["live"] == 1
+        assert runner.invoke(app, ["status", inbox]).exit_code == 0
+    finally:
+        assert second.stop() == 0
+    stopped = runner.invoke(app, ["status", inbox])
+    assert stopped.exit_code == 1 and "no live worker" in stopped.output

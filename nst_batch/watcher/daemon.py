@@ -42,8 +42,10 @@ from nst_batch.watcher.inbox import (
 from nst_batch.watcher.intake import build_job
 from nst_batch.watcher.logs import LOGGER, event
 from nst_batch.watcher.status import (
+    GONE,
     RECORD,
     WorkerStatus,
+    bury,
     owner_dead,
     pid_alive,
     read_record,
@@ -89,7 +91,7 @@ class _Daemon:
         try:
             self.config.work.mkdir(parents=True, exist_ok=True)
             write_record(self.config.work, self.status)
-            write_summary(self.config.status_file, self.config.work_root)
+            write_summary(self.config.status_file, self.config.work_root, self.config.stale_after)
         except OSError as err:  # a full disk must not kill the daemon; the next beat retries
             event(self.log, "error", None, reason=f"status not written: {err}")
 
@@ -102,7 +104,7 @@ class _Daemon:
         if record is not None:
             same = record.get("pid") == os.getpid() and record.get("host") == self.status.host
             recent = time.time() - float(record.get("updated", 0)) <= self.config.stale_after
-            if not same and recent and record.get("state") != "stopped":
+            if not same and recent and record.get("state") not in GONE:
                 other = record.get("host") != self.status.host
                 if other or pid_alive(int(record.get("pid", -1))):
                     raise ConfigError(
@@ -119,15 +121,16 @@ class _Daemon:
                     event(self.log, "requeued", job.name, reason=reason)
 
     def recover(self) -> None:
-        """Requeue jobs of dead workers; delete temp files a crash left in the outbox."""
+        """Requeue jobs of dead workers and mark them dead; delete temp files a crash left in the
+        outbox."""
         for folder in sorted(self.config.work_root.iterdir()):
             if folder == self.config.work or not folder.is_dir():
                 continue
-            if owner_dead(folder, self.config.stale_after):
+            reason = owner_dead(folder, self.config.stale_after)
+            if reason is not None:
                 self.requeue_all(folder, f"worker {folder.name} is gone")
-                (folder / RECORD).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+                if bury(folder, reason, self.config.worker_id):
+                    event(self.log, "dead", None, worker=folder.name, reason=reason)
         # write_atomic's temp files are ".NAME.XXXX.tmp" and live for milliseconds: one this old
         # belongs to a writer that died.
         limit = time.time() - self.config.stale_after
@@ -394,7 +397,9 @@ def watch(config: WatchConfig, models: ModelPool, log: logging.Logger | None = N
     complete job left); the exit status. Bad input never stops it; it raises ConfigError only
     before taking any job (bad folders, a worker id in use, no way to watch)."""
     config.prepare()
-    status = WorkerStatus(config.worker_id, interval=config.status_interval)
+    status = WorkerStatus(
+        config.worker_id, interval=config.status_interval, stale_after=config.stale_after
+    )
     daemon = _Daemon(
         config, models, log or logging.getLogger(LOGGER), status, Settler(config.settle)
     )

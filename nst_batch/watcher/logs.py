@@ -12,7 +12,7 @@ LOGGER = "nst_batch.watch"
 
 def event(log: logging.Logger, name: str, job: str | None = None, **fields: Any) -> None:
     """Log event ``name`` (claimed, started, done, skipped, failed, requeued, ...) for ``job``."""
-    level = logging.WARNING if name in ("failed", "lost", "error") else logging.INFO
+    level = logging.WARNING if name in ("failed", "lost", "error", "dead") else logging.INFO
     text = " ".join([name, *([job] if job else []), *(f"{k}={v}" for k, v in fields.items())])
     log.log(level, text, extra={"event": name, "job": job, "fields": fields})
 
