@@ -626,6 +626,10 @@ def status_command(
             )
         if not summary["workers"]:
             print("no workers")
+        print(f"{len(live_workers(summary))} of {len(summary['workers'])} workers live")
+        for job in summary.get("incomplete", []):  # settled in the inbox, a part missing
+            missing, files = ", ".join(job["missing"]), ", ".join(job["files"])
+            print(f"incomplete job {job['job']}: no {missing} ({files})")
     if not live_workers(summary, max_age, local):
         within = "" if max_age is None else f" reported in the last {max_age:g} s"
         raise _fail(f"no live {'local ' if local else ''}worker{within}")

@@ -475,3 +475,34 @@ def test_status_counts_only_live_workers(root: Path) -> None:
         assert second.stop() == 0
     stopped = runner.invoke(app, ["status", inbox])
     assert stopped.exit_code == 1 and "no live worker" in stopped.output
+
+
+def test_an_incomplete_job_is_logged_once_and_shown_in_status(root: Path) -> None:
+    inbox = root / "inbox"
+    daemon = Daemon(root)
+
+    def incomplete() -> list[str]:
+        return [j["job"] for j in json.loads((inbox / "status.json").read_text())["incomplete"]]
+
+    try:
+        daemon.wait_for(lambda: bool(daemon.events("watching")))
+        (inbox / "lone.content.png").write_bytes(png_bytes())
+        (inbox / "half").mkdir()
+        (inbox / "half" / "style.png").write_bytes(png_bytes("style"))
+        daemon.wait_for(lambda: len(daemon.events("incomplete")) == 2)
+        time.sleep(2.5)  # more scans (--rescan 1) and heartbeats: still one line per job
+        logged = {e["job"]: (e["missing"], e["files"]) for e in daemon.events("incomplete")}
+        assert len(daemon.events("incomplete")) == 2
+        assert logged == {
+            "lone": (["style"], ["lone.content.png"]),
+            "half": (["content"], ["half/"]),
+        }
+        daemon.wait_for(lambda: incomplete() == ["half", "lone"])
+        shown = runner.invoke(app, ["status", str(inbox)])
+        assert shown.exit_code == 0 and "incomplete job lone: no style" in shown.output
+        (inbox / "lone.style.png").write_bytes(png_bytes("style"))  # completed: it runs
+        daemon.wait_for(lambda: bool(daemon.events("done")))
+        daemon.wait_for(lambda: incomplete() == ["half"])
+    finally:
+        assert daemon.stop() == 0
+    assert len(daemon.events("incomplete")) == 2 and names(root / "done") == ["lone"]

@@ -29,6 +29,7 @@ from nst_batch.jobs import Job, batch_groups, is_done, job_settings, run_batch, 
 from nst_batch.stylize import ModelPool, resolve_device
 from nst_batch.watcher.config import WatchConfig
 from nst_batch.watcher.inbox import (
+    Candidate,
     Claimed,
     Settler,
     claim,
@@ -69,6 +70,7 @@ class _Daemon:
     status: WorkerStatus
     settler: Settler
     hint: threading.Event = field(default_factory=threading.Event)  # "the inbox changed"
+    reported: set[tuple[str, str]] = field(default_factory=set)  # incomplete jobs logged
     stopping: threading.Event = field(default_factory=threading.Event)
     cancel_at: float | None = None  # monotonic time after which the running job is cancelled
 
@@ -271,6 +273,16 @@ class _Daemon:
 
     # -- the loop -----------------------------------------------------------------------------
 
+    def note_incomplete(self, stuck: list[Candidate]) -> None:
+        """Log each settled job that lacks a part once (again only after it changed or left),
+        and list them all in the status."""
+        for c in stuck:
+            if (c.kind, c.name) not in self.reported:
+                info = c.describe()
+                event(self.log, "incomplete", c.name, missing=info["missing"], files=info["files"])
+        self.reported = {(c.kind, c.name) for c in stuck}
+        self.status.incomplete = [c.describe() for c in stuck]
+
     def take(self, ready: list[Any]) -> list[Claimed]:
         claimed: list[Claimed] = []
         for candidate in ready:
@@ -313,7 +325,9 @@ class _Daemon:
             self.hint.clear()
             try:
                 candidates = scan(self.config.inbox)
-                ready = self.settler.ready(candidates)
+                settled = self.settler.settled(candidates)
+                self.note_incomplete([c for c in settled if not c.complete])
+                ready = [c for c in settled if c.complete]
                 self.status.queue_depth = sum(c.complete for c in candidates)
                 claimed = self.take(ready)
                 if claimed:

@@ -54,6 +54,7 @@ class WorkerStatus:
     failed: int = 0
     requeued: int = 0
     last_error: str | None = None
+    incomplete: list[dict[str, Any]] = field(default_factory=list)  # settled, lacking a part
 
     def record(self) -> dict[str, Any]:
         data = asdict(self)
@@ -144,15 +145,20 @@ def judged(record: dict[str, Any], stale_after: float | None = None) -> dict[str
 
 def write_summary(inbox_status: Path, work_root: Path, stale_after: float | None = None) -> None:
     """``status.json``: every worker's latest record, dead ones marked (kept for KEEP_DEAD s),
-    and how many are live."""
-    workers = []
+    how many are live, and the incomplete jobs that live workers see in the inbox."""
+    workers, incomplete = [], {}
     for folder in sorted(p for p in work_root.iterdir() if p.is_dir()):
         record = read_record(folder)
         if record is not None:
-            workers.append(judged(record, stale_after))
+            record = judged(record, stale_after)
+            seen = record.pop("incomplete", [])
+            if record.get("state") not in GONE:
+                incomplete.update((job["job"], job) for job in seen)
+            workers.append(record)
     now = time.time()
     live = sum(w.get("state") not in GONE for w in workers)
     summary = {"updated": now, "updated_iso": _iso(now), "live": live, "workers": workers}
+    summary["incomplete"] = [incomplete[name] for name in sorted(incomplete)]
     write_atomic(inbox_status, json.dumps(summary, indent=2).encode() + b"\n")
 
 
