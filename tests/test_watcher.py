@@ -429,7 +429,7 @@ def test_sigterm_cancels_at_grace_plus_one_step_also_between_host_reads(root: Pa
     """The grace is checked before every optimizer step, not only when the loop reads losses
     back (every 25 steps on a GPU; here ``sync_every`` makes that one read per job): a job
     far longer than the grace stops within grace + one step (plus the process's exit)."""
-    params = {"steps": 3000, "sync_every": 3000, "size": 160, "scales": 2, "scale_steps": 3}
+    params = {"steps": 3000, "sync_every": 3000, "size": 96, "scales": 2, "scale_steps": 3}
     drop_pair(root / "inbox", "slow", params)
     daemon = Daemon(root, "--grace", "1")
     try:
@@ -441,7 +441,7 @@ def test_sigterm_cancels_at_grace_plus_one_step_also_between_host_reads(root: Pa
         seconds = time.monotonic() - start
     finally:
         daemon.proc.kill()
-    assert seconds < 1 + 4, daemon.log_text()  # grace 1 s; a step here takes well under 1 s
+    assert seconds < 1 + 6, daemon.log_text()  # grace 1 s, a step well under 1 s, exit ~1 s
     assert [e["reason"] for e in daemon.events("requeued")] == ["shutdown grace period over"]
     assert names(root / "outbox") == [] and names(root / "inbox") == ["slow", "status.json"]
 
