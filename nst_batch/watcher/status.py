@@ -97,13 +97,11 @@ def dead_reason(
     now = time.time() if now is None else now
     limit = float(record.get("stale_after", 60.0) if stale_after is None else stale_after)
     age = now - float(record.get("updated", 0))
-    if age > limit:
-        return f"silent for {age:.0f} s"
     pid = int(record.get("pid", -1))
     same_host = record.get("host") == socket.gethostname()
     if same_host and age > 2 * float(record.get("interval", limit)) and not pid_alive(pid):
         return f"pid {pid} gone"
-    return None
+    return f"silent for {age:.0f} s" if age > limit else None
 
 
 def owner_dead(work: Path, stale_after: float, now: float | None = None) -> str | None:
@@ -146,7 +144,8 @@ def judged(record: dict[str, Any], stale_after: float | None = None) -> dict[str
 def write_summary(inbox_status: Path, work_root: Path, stale_after: float | None = None) -> None:
     """``status.json``: every worker's latest record, dead ones marked (kept for KEEP_DEAD s),
     how many are live, and the incomplete jobs that live workers see in the inbox."""
-    workers, incomplete = [], {}
+    workers: list[dict[str, Any]] = []
+    incomplete: dict[str, dict[str, Any]] = {}
     for folder in sorted(p for p in work_root.iterdir() if p.is_dir()):
         record = read_record(folder)
         if record is not None:
