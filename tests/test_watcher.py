@@ -506,3 +506,13 @@ def test_an_incomplete_job_is_logged_once_and_shown_in_status(root: Path) -> Non
     finally:
         assert daemon.stop() == 0
     assert len(daemon.events("incomplete")) == 2 and names(root / "done") == ["lone"]
+
+
+def test_once_logs_the_incomplete_jobs_it_leaves_behind(root: Path) -> None:
+    drop_pair(root / "inbox", "whole")
+    (root / "inbox" / "lone.style.png").write_bytes(png_bytes("style"))
+    daemon = run_once(root)
+    assert [e["job"] for e in daemon.events("done")] == ["whole"]
+    left = [(e["job"], e["missing"]) for e in daemon.events("incomplete")]
+    assert left == [("lone", ["content"])]
+    assert names(root / "inbox") == ["lone.style.png", "status.json"]

@@ -339,6 +339,7 @@ class _Daemon:
                 self.stopping.wait(self.config.rescan)
                 continue
             if self.config.once and not any(c.complete for c in candidates):
+                self.note_incomplete([c for c in candidates if not c.complete])  # left behind
                 break
             due = self.settler.next_due()
             self.hint.wait(min(self.config.rescan, due + 0.01) if due else self.config.rescan)
