@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -46,7 +48,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM; the shell's convention for SIGINT
 
 
 class OptimizerChoice(str, Enum):
@@ -162,7 +164,8 @@ def _run_stylize(
 
     try:
         models = ModelPool(check_onnx)
-        with _progress_reporter(output.name, log_every=max(1, config.optim.steps // 20)) as report:
+        log_every = max(1, config.optim.steps // 20)
+        with _sigterm_as_ctrl_c(), _progress_reporter(output.name, log_every) as report:
             result = stylize(content, styles, output, config, report, outputs, models)
     except NstError as err:
         raise _fail(str(err)) from None
@@ -596,12 +599,13 @@ def status_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print status.json as it is."),
 ) -> None:
-    """Print the daemons' status.json; exit 1 if it is missing or stale (for HEALTHCHECK)."""
+    """Print the daemons' status.json; exit 1 if it is missing or no worker is live (stopped,
+    dead, or silent past --max-age): for HEALTHCHECK."""
     import json
     import time
 
     from nst_batch.watcher.config import STATUS_NAME
-    from nst_batch.watcher.status import fresh_workers, read_summary
+    from nst_batch.watcher.status import judged, live_workers, read_summary
 
     try:
         summary = read_summary(inbox / STATUS_NAME)
@@ -611,18 +615,24 @@ def status_command(
         print(json.dumps(summary, indent=2))
     else:
         now = time.time()
-        for w in summary["workers"]:
+        for w in map(judged, summary["workers"]):
             current = w.get("current") or "-"
+            state = f"dead ({w.get('dead_reason')})" if w.get("state") == "dead" else w.get("state")
             print(
-                f"{w.get('worker_id')}: {w.get('state')}, updated {now - w.get('updated', 0):.0f}s "
+                f"{w.get('worker_id')}: {state}, updated {now - w.get('updated', 0):.0f}s "
                 f"ago, queue {w.get('queue_depth')}, current {current}, done {w.get('done')}, "
                 f"skipped {w.get('skipped')}, failed {w.get('failed')}, "
                 f"last error {w.get('last_error') or '-'}"
             )
         if not summary["workers"]:
             print("no workers")
-    if max_age is not None and not fresh_workers(summary, max_age, local):
-        raise _fail(f"no {'local ' if local else ''}worker reported in the last {max_age:g} s")
+        print(f"{len(live_workers(summary))} of {len(summary['workers'])} workers live")
+        for job in summary.get("incomplete", []):  # settled in the inbox, a part missing
+            missing, files = ", ".join(job["missing"]), ", ".join(job["files"])
+            print(f"incomplete job {job['job']}: no {missing} ({files})")
+    if not live_workers(summary, max_age, local):
+        within = "" if max_age is None else f" reported in the last {max_age:g} s"
+        raise _fail(f"no live {'local ' if local else ''}worker{within}")
 
 
 @app.command("score")
@@ -782,8 +792,22 @@ def _report_table(report: Report, title: str, limit: int = 100) -> Table:
     return table
 
 
-def _interrupt_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # a pod or job being stopped: finish like Ctrl-C
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (docker stop, Kubernetes, Slurm) ends a command as Ctrl-C does: KeyboardInterrupt
+    in the main thread, so the optimization stops and what it has is saved or reported."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be set from the main thread
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command("run")
@@ -824,7 +848,6 @@ def run_command(
 ) -> None:
     """Run every job of MANIFEST: validated up front, resumable, shardable; writes a report."""
     import os
-    import signal
 
     from nst_batch.errors import ManifestError
     from nst_batch.manifest import ManifestConfig, run_manifest, shard_from_env
@@ -854,9 +877,8 @@ def run_command(
     except ConfigError as err:
         raise _fail(str(err), 2) from None
     console = _stderr()
-    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
-        with _run_progress(console) as callbacks:
+        with _sigterm_as_ctrl_c(), _run_progress(console) as callbacks:
             report = run_manifest(manifest, config, None if dry_run else callbacks)
     except ManifestError as err:
         raise _fail(str(err), 2) from None
@@ -864,8 +886,6 @@ def run_command(
         raise _fail(str(err)) from None
     except KeyboardInterrupt:  # before the first job: nothing was written
         raise _fail("interrupted before any job ran; nothing written", EXIT_INTERRUPTED) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     if dry_run:
         Console(highlight=False).print(_report_table(report, f"plan for {manifest}"))
         counts = report.counts()

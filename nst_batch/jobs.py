@@ -170,11 +170,15 @@ def is_done(job: Job) -> bool:
 
 
 def run_job(
-    job: Job, models: ModelPool, progress: Callable[[Progress], None] | None = None
+    job: Job,
+    models: ModelPool,
+    progress: Callable[[Progress], None] | None = None,
+    cancel_check: Callable[[], None] | None = None,
 ) -> StylizeResult:
     """Run one job with a shared model pool; writes the output and then its sidecar, each
     atomically, so a finished job is one whose sidecar exists. Ctrl-C writes nothing and
-    propagates KeyboardInterrupt: the job stays to be redone."""
+    propagates KeyboardInterrupt: the job stays to be redone; so does an exception raised by
+    ``cancel_check`` (called before every optimizer step)."""
     return stylize(
         job.content,
         list(job.styles),
@@ -184,11 +188,15 @@ def run_job(
         job.outputs,
         models,
         keep_interrupted=False,
+        cancel_check=cancel_check,
     )
 
 
 def run_batch(
-    jobs: Sequence[Job], models: ModelPool, progress: Callable[[Progress], None] | None = None
+    jobs: Sequence[Job],
+    models: ModelPool,
+    progress: Callable[[Progress], None] | None = None,
+    cancel_check: Callable[[], None] | None = None,
 ) -> list[StylizeResult]:
     """Run jobs that can share a batch (:func:`batch_groups`) as one; each job's output and
     sidecar are written as :func:`run_job` writes them, and its result is the one it gets alone.
@@ -197,7 +205,7 @@ def run_batch(
         read_inputs(job.content, list(job.styles), job.output, job.config, job.outputs)
         for job in jobs
     ]
-    return stylize_batch(inputs, progress, models, keep_interrupted=False)
+    return stylize_batch(inputs, progress, models, False, cancel_check)
 
 
 def batch_groups(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:

@@ -395,12 +395,14 @@ def stylize_batch_tensors(
     model: VGG19Features,
     progress: Callable[[Progress], None] | None = None,
     target_model: Callable[[Tensor], dict[str, Tensor]] | None = None,
+    cancel_check: Callable[[], None] | None = None,
 ) -> OptimizeResult:
     """:func:`stylize_tensors` for several jobs optimized as one (B, 3, H, W) batch.
 
     Each job has its content (1, 3, H, W) (all the same shape), its style images and its config
     (all with the same :func:`batch_key`); targets and weights are per job, and each job's path
     is the one it takes alone. The result's image is (B, 3, H, W), its ``losses`` per job.
+    ``cancel_check`` runs before each level's targets and each step (see ``optimize``).
     """
     keys = {batch_key(c) for c in configs}
     shapes = {tuple(c.shape[-2:]) for c in contents}
@@ -422,6 +424,8 @@ def stylize_batch_tensors(
     result: OptimizeResult | None = None
     weights = objective_weights([c.loss for c in configs], device, content.dtype)
     for i, long_edge in enumerate(pyramid):
+        if cancel_check is not None:
+            cancel_check()
         level_content = resize_to(content, long_edge)
         with torch.no_grad():
             targets = stack_targets(
@@ -465,7 +469,8 @@ def stylize_batch_tensors(
                 progress(globally(p))
 
         with precision_context(precision, device):
-            result = optimize(init, loss_fn, optim, report, graphs=config.model.cuda_graphs)
+            graphs = config.model.cuda_graphs
+            result = optimize(init, loss_fn, optim, report, graphs, cancel_check)
         history += [dataclasses.replace(globally(p), image=None) for p in result.history]
         offset += steps[i]
         image = result.image
@@ -666,6 +671,7 @@ def stylize(
     outputs: OutputConfig | None = None,
     models: ModelPool | None = None,
     keep_interrupted: bool = True,
+    cancel_check: Callable[[], None] | None = None,
 ) -> StylizeResult:
     """Stylize one content file with one or more style files; write the image and its sidecar.
 
@@ -673,10 +679,11 @@ def stylize(
     after a long run. Interrupted (Ctrl-C) runs still write the best image so far, flagged in the
     sidecar, and return with ``result.interrupted``; with ``keep_interrupted=False`` (batch runs)
     nothing is written and KeyboardInterrupt propagates. An exception raised by ``progress``
-    aborts the run and propagates, writing nothing (how a daemon cancels a job).
+    aborts the run and propagates, writing nothing; so does one raised by ``cancel_check``,
+    which runs before every step (how a daemon cancels a job).
     """
     job = read_inputs(content_path, style_paths, output_path, config, outputs)
-    return stylize_batch([job], progress, models, keep_interrupted)[0]
+    return stylize_batch([job], progress, models, keep_interrupted, cancel_check)[0]
 
 
 def stylize_batch(
@@ -684,6 +691,7 @@ def stylize_batch(
     progress: Callable[[Progress], None] | None = None,
     models: ModelPool | None = None,
     keep_interrupted: bool = True,
+    cancel_check: Callable[[], None] | None = None,
 ) -> list[StylizeResult]:
     """Run jobs (from :func:`read_inputs`) with one :func:`batch_key` and same-shaped content
     as one batch; write each job's image and sidecar. ``progress`` sees the whole batch."""
@@ -701,6 +709,7 @@ def stylize_batch(
         model,
         _progress_fanout(jobs, progress),
         target_model=targets,
+        cancel_check=cancel_check,
     )
     if result.interrupted and not keep_interrupted:
         raise KeyboardInterrupt  # batch runs redo the job later rather than keep a partial result

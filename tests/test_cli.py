@@ -126,11 +126,18 @@ def test_demo_runs_on_built_in_inputs(tmp_path: Path) -> None:
     assert (tmp_path / "stylized.json").is_file()
 
 
-def test_ctrl_c_saves_best_image_and_exits_130(pair: tuple[Path, Path], tmp_path: Path) -> None:
-    """A real process and a real SIGINT, sent once optimization is under way."""
-    out = tmp_path / "out.png"
-    cmd = [sys.executable, "-m", "nst_batch", "stylize", *map(str, pair), "-o", str(out)]
-    cmd += ["--size", "48", "--steps", "100000"]
+@pytest.mark.parametrize(
+    ("command", "sig"),
+    [("stylize", signal.SIGINT), ("stylize", signal.SIGTERM), ("demo", signal.SIGTERM)],
+)
+def test_ctrl_c_saves_best_image_and_exits_130(
+    pair: tuple[Path, Path], tmp_path: Path, command: str, sig: signal.Signals
+) -> None:
+    """A real process and a real SIGINT (Ctrl-C) or SIGTERM (docker stop), sent once
+    optimization is under way: the best image so far is saved and the exit status is 130."""
+    out = tmp_path / ("out.png" if command == "stylize" else "stylized.png")
+    cmd = [sys.executable, "-m", "nst_batch", command, "--size", "48", "--steps", "100000"]
+    cmd += [*map(str, pair), "-o", str(out)] if command == "stylize" else ["-o", str(tmp_path)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # A child of a background shell inherits SIGINT ignored, and Python then installs no
     # KeyboardInterrupt handler: give it the default disposition, as a terminal would.
@@ -146,7 +153,7 @@ def test_ctrl_c_saves_best_image_and_exits_130(pair: tuple[Path, Path], tmp_path
         for line in proc.stderr:  # non-terminal stderr gets plain progress lines
             if line.startswith("step "):
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         rest = proc.stderr.read()
         code = proc.wait(timeout=60)
     finally:
@@ -155,7 +162,7 @@ def test_ctrl_c_saves_best_image_and_exits_130(pair: tuple[Path, Path], tmp_path
     assert "interrupted; saved best image" in rest
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["interrupted"] is True and meta["steps_completed"] >= 1
-    assert Image.open(out).size == (48, 32)
+    assert Image.open(out).size == ((48, 32) if command == "stylize" else (41, 48))
 
 
 def test_weights_command_reports_the_source() -> None:

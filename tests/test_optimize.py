@@ -88,3 +88,30 @@ def test_keyboard_interrupt_returns_best_so_far(model, images) -> None:
     result = stylize_tensors(content, style, config, model, stop_at_three)
     assert result.interrupted and result.steps == 3
     assert result.loss == min(p.loss for p in result.history)
+
+
+def test_cancel_check_runs_before_every_step_also_between_host_reads() -> None:
+    """A daemon's shutdown check must not wait for the loop's next host read (every 25 steps
+    on CUDA): it runs before every step, and what it raises ends the loop and propagates."""
+    from nst_batch.engine.losses import LossTerms
+    from nst_batch.engine.optimize import optimize
+
+    evaluated: list[int] = []
+
+    def loss_fn(x: torch.Tensor) -> LossTerms:
+        evaluated.append(1)
+        total = ((x - 0.3) ** 2).sum(dim=(1, 2, 3))
+        return LossTerms(content=total, style=total * 0, tv=total * 0, total=total)
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_check() -> None:
+        if len(evaluated) == 3:
+            raise Cancelled
+
+    seen: list[Progress] = []
+    config = OptimConfig(steps=100, sync_every=25)
+    with pytest.raises(Cancelled):
+        optimize(torch.rand(1, 3, 8, 8), loss_fn, config, seen.append, cancel_check=cancel_check)
+    assert len(evaluated) == 3 and seen == []  # stopped before step 4, no host read yet

@@ -16,6 +16,7 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -263,7 +264,10 @@ def test_sigkill_mid_job_then_restart_finishes_every_job_once(root: Path) -> Non
     assert any(e["job"] == "victim" for e in second.events("requeued"))
     assert_clean_outbox(root, jobs)
     assert names(root / "failed") == [] and names(inbox) == ["status.json"]
-    assert names(root / "work") == []  # both workers' folders gone
+    # The second's folder is gone; the killed one's holds only its record, marked dead.
+    (left,) = names(root / "work")
+    assert names(root / "work" / left) == [".worker.json"]
+    assert json.loads((root / "work" / left / ".worker.json").read_text())["state"] == "dead"
 
 
 def test_two_daemons_on_one_inbox_never_process_a_job_twice(root: Path) -> None:
@@ -405,7 +409,7 @@ def test_status_command_reports_and_fails_when_stale(root: Path) -> None:
     assert shown.exit_code == 0 and "live: starting" in shown.output and "done 3" in shown.output
     assert runner.invoke(app, ["status", str(inbox), "--max-age", "60", "--local"]).exit_code == 0
     stale = runner.invoke(app, ["status", str(inbox), "--max-age", "0.5"])
-    assert stale.exit_code == 1 and "no worker reported" in stale.output
+    assert stale.exit_code == 1 and "no live worker reported" in stale.output
     as_json = json.loads(runner.invoke(app, ["status", str(inbox), "--json"]).stdout)
     assert sorted(w["worker_id"] for w in as_json["workers"]) == ["live", "old"]
 
@@ -419,3 +423,96 @@ def test_batch_size_runs_jobs_of_one_size_together(root: Path) -> None:
     assert len(started) == 4 and {e.get("batch") for e in started} == {4}
     assert len(daemon.events("done")) == 4
     assert_clean_outbox(root, jobs)
+
+
+def test_sigterm_cancels_at_grace_plus_one_step_also_between_host_reads(root: Path) -> None:
+    """The grace is checked before every optimizer step, not only when the loop reads losses
+    back (every 25 steps on a GPU; here ``sync_every`` makes that one read per job): a job
+    far longer than the grace stops within grace + one step (plus the process's exit)."""
+    params = {"steps": 3000, "sync_every": 3000, "size": 96, "scales": 2, "scale_steps": 3}
+    drop_pair(root / "inbox", "slow", params)
+    daemon = Daemon(root, "--grace", "1")
+    try:
+        daemon.wait_for(lambda: bool(daemon.events("started")))
+        time.sleep(0.5)  # under way
+        start = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=30) == 0, daemon.log_text()
+        seconds = time.monotonic() - start
+    finally:
+        daemon.proc.kill()
+    assert seconds < 1 + 6, daemon.log_text()  # grace 1 s, a step well under 1 s, exit ~1 s
+    assert [e["reason"] for e in daemon.events("requeued")] == ["shutdown grace period over"]
+    assert names(root / "outbox") == [] and names(root / "inbox") == ["slow", "status.json"]
+
+
+def test_status_counts_only_live_workers(root: Path) -> None:
+    """A killed daemon is not healthy once its pid is gone (two heartbeats missed), although
+    status.json still says "idle"; the next daemon marks it dead there; a stopped one is not
+    healthy either, with or without --max-age."""
+    inbox = str(root / "inbox")
+    first = Daemon(root, tag="first")
+    first.wait_for(lambda: bool(first.events("watching")))
+    assert runner.invoke(app, ["status", inbox, "--max-age", "60", "--local"]).exit_code == 0
+    first.proc.kill()
+    first.proc.wait()
+    time.sleep(1.5)  # three heartbeats of 0.5 s missed; --stale-after (2 s) not yet reached
+    shown = runner.invoke(app, ["status", inbox, "--max-age", "60", "--local"])
+    assert shown.exit_code == 1 and "no live local worker" in shown.output, shown.output
+    assert f"dead (pid {first.proc.pid} gone)" in shown.output
+    second = Daemon(root, tag="second")
+
+    def summary() -> dict[str, Any]:
+        return json.loads((root / "inbox" / "status.json").read_text())
+
+    try:
+        second.wait_for(lambda: bool(second.events("dead")))
+        expected = {first.proc.pid: "dead", second.proc.pid: "idle"}
+        second.wait_for(lambda: {w["pid"]: w["state"] for w in summary()["workers"]} == expected)
+        assert summary()["live"] == 1
+        assert runner.invoke(app, ["status", inbox]).exit_code == 0
+    finally:
+        assert second.stop() == 0
+    stopped = runner.invoke(app, ["status", inbox])
+    assert stopped.exit_code == 1 and "no live worker" in stopped.output
+
+
+def test_an_incomplete_job_is_logged_once_and_shown_in_status(root: Path) -> None:
+    inbox = root / "inbox"
+    daemon = Daemon(root)
+
+    def incomplete() -> list[str]:
+        return [j["job"] for j in json.loads((inbox / "status.json").read_text())["incomplete"]]
+
+    try:
+        daemon.wait_for(lambda: bool(daemon.events("watching")))
+        (inbox / "lone.content.png").write_bytes(png_bytes())
+        (inbox / "half").mkdir()
+        (inbox / "half" / "style.png").write_bytes(png_bytes("style"))
+        daemon.wait_for(lambda: len(daemon.events("incomplete")) == 2)
+        time.sleep(2.5)  # more scans (--rescan 1) and heartbeats: still one line per job
+        logged = {e["job"]: (e["missing"], e["files"]) for e in daemon.events("incomplete")}
+        assert len(daemon.events("incomplete")) == 2
+        assert logged == {
+            "lone": (["style"], ["lone.content.png"]),
+            "half": (["content"], ["half/"]),
+        }
+        daemon.wait_for(lambda: incomplete() == ["half", "lone"])
+        shown = runner.invoke(app, ["status", str(inbox)])
+        assert shown.exit_code == 0 and "incomplete job lone: no style" in shown.output
+        (inbox / "lone.style.png").write_bytes(png_bytes("style"))  # completed: it runs
+        daemon.wait_for(lambda: bool(daemon.events("done")))
+        daemon.wait_for(lambda: incomplete() == ["half"])
+    finally:
+        assert daemon.stop() == 0
+    assert len(daemon.events("incomplete")) == 2 and names(root / "done") == ["lone"]
+
+
+def test_once_logs_the_incomplete_jobs_it_leaves_behind(root: Path) -> None:
+    drop_pair(root / "inbox", "whole")
+    (root / "inbox" / "lone.style.png").write_bytes(png_bytes("style"))
+    daemon = run_once(root)
+    assert [e["job"] for e in daemon.events("done")] == ["whole"]
+    left = [(e["job"], e["missing"]) for e in daemon.events("incomplete")]
+    assert left == [("lone", ["content"])]
+    assert names(root / "inbox") == ["lone.style.png", "status.json"]

@@ -127,6 +127,7 @@ def optimize(
     config: OptimConfig,
     callback: Callable[[Progress], None] | None = None,
     graphs: bool = True,
+    cancel_check: Callable[[], None] | None = None,
 ) -> OptimizeResult:
     """Minimise ``loss_fn`` over the pixels of ``init`` (B, 3, H, W), kept in [0, 1].
 
@@ -134,7 +135,9 @@ def optimize(
     ``config.steps``, on the time budget, on early convergence, or on KeyboardInterrupt (Ctrl-C);
     in every case the result holds the best image so far (or the iterate average when
     ``config.ema`` is set) so the caller can save it. ``graphs`` replays the evaluation as a
-    CUDA graph on CUDA (no effect elsewhere).
+    CUDA graph on CUDA (no effect elsewhere). ``cancel_check`` is called before every step (also
+    between the host reads of ``sync_every``, unlike ``callback``); whatever it raises ends the
+    loop and propagates (how a daemon cancels a job within one step).
     """
     x = init.detach().clone().clamp_(0, 1).contiguous().requires_grad_(True)
     b = x.shape[0]
@@ -181,6 +184,8 @@ def optimize(
     reason: StopReason = "steps"
     try:
         for step in range(1, config.steps + 1):
+            if cancel_check is not None:
+                cancel_check()
             values = run()
             if lbfgs is not None:
                 lbfgs.step(x.grad)

@@ -23,13 +23,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from nst_batch.engine.optimize import Progress
 from nst_batch.errors import ConfigError, NstError
 from nst_batch.images import write_atomic
 from nst_batch.jobs import Job, batch_groups, is_done, job_settings, run_batch, run_job
 from nst_batch.stylize import ModelPool, resolve_device
 from nst_batch.watcher.config import WatchConfig
 from nst_batch.watcher.inbox import (
+    Candidate,
     Claimed,
     Settler,
     claim,
@@ -43,8 +43,10 @@ from nst_batch.watcher.inbox import (
 from nst_batch.watcher.intake import build_job
 from nst_batch.watcher.logs import LOGGER, event
 from nst_batch.watcher.status import (
+    GONE,
     RECORD,
     WorkerStatus,
+    bury,
     owner_dead,
     pid_alive,
     read_record,
@@ -56,7 +58,8 @@ EXIT_OBSERVER_DIED = 2
 
 
 class JobCancelled(Exception):
-    """Raised from the progress callback to stop a job at shutdown; run_job then writes nothing."""
+    """Raised by the cancel check (before every optimizer step) to stop a job at shutdown;
+    run_job then writes nothing."""
 
 
 @dataclass
@@ -67,6 +70,7 @@ class _Daemon:
     status: WorkerStatus
     settler: Settler
     hint: threading.Event = field(default_factory=threading.Event)  # "the inbox changed"
+    reported: set[tuple[str, str]] = field(default_factory=set)  # incomplete jobs logged
     stopping: threading.Event = field(default_factory=threading.Event)
     cancel_at: float | None = None  # monotonic time after which the running job is cancelled
 
@@ -81,7 +85,7 @@ class _Daemon:
             self.stopping.set()
         self.hint.set()
 
-    def check_cancel(self, progress: Progress) -> None:
+    def check_cancel(self) -> None:
         if self.cancel_at is not None and time.monotonic() >= self.cancel_at:
             raise JobCancelled
 
@@ -89,7 +93,7 @@ class _Daemon:
         try:
             self.config.work.mkdir(parents=True, exist_ok=True)
             write_record(self.config.work, self.status)
-            write_summary(self.config.status_file, self.config.work_root)
+            write_summary(self.config.status_file, self.config.work_root, self.config.stale_after)
         except OSError as err:  # a full disk must not kill the daemon; the next beat retries
             event(self.log, "error", None, reason=f"status not written: {err}")
 
@@ -102,7 +106,7 @@ class _Daemon:
         if record is not None:
             same = record.get("pid") == os.getpid() and record.get("host") == self.status.host
             recent = time.time() - float(record.get("updated", 0)) <= self.config.stale_after
-            if not same and recent and record.get("state") != "stopped":
+            if not same and recent and record.get("state") not in GONE:
                 other = record.get("host") != self.status.host
                 if other or pid_alive(int(record.get("pid", -1))):
                     raise ConfigError(
@@ -119,15 +123,16 @@ class _Daemon:
                     event(self.log, "requeued", job.name, reason=reason)
 
     def recover(self) -> None:
-        """Requeue jobs of dead workers; delete temp files a crash left in the outbox."""
+        """Requeue jobs of dead workers and mark them dead; delete temp files a crash left in the
+        outbox."""
         for folder in sorted(self.config.work_root.iterdir()):
             if folder == self.config.work or not folder.is_dir():
                 continue
-            if owner_dead(folder, self.config.stale_after):
+            reason = owner_dead(folder, self.config.stale_after)
+            if reason is not None:
                 self.requeue_all(folder, f"worker {folder.name} is gone")
-                (folder / RECORD).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+                if bury(folder, reason, self.config.worker_id):
+                    event(self.log, "dead", None, worker=folder.name, reason=reason)
         # write_atomic's temp files are ".NAME.XXXX.tmp" and live for milliseconds: one this old
         # belongs to a writer that died.
         limit = time.time() - self.config.stale_after
@@ -204,7 +209,7 @@ class _Daemon:
         event(self.log, "started", claimed.name, attempt=attempts, size=job.config.size)
         start = time.monotonic()
         try:
-            run_job(job, self.models, self.check_cancel)
+            run_job(job, self.models, cancel_check=self.check_cancel)
         except JobCancelled:
             write_attempts(claimed.folder, attempts - 1, None)  # not the job's fault
             self.give_back(claimed, "shutdown grace period over")
@@ -242,7 +247,7 @@ class _Daemon:
                 event(self.log, "started", claimed.name, attempt=attempts, batch=len(members))
             start = time.monotonic()
             try:
-                run_batch(batch, self.models, self.check_cancel)
+                run_batch(batch, self.models, cancel_check=self.check_cancel)
             except JobCancelled:
                 for claimed, _, attempts in members:
                     write_attempts(claimed.folder, attempts - 1, None)  # not the jobs' fault
@@ -267,6 +272,16 @@ class _Daemon:
         self.models.get(config.model, config.loss.layers, resolve_device(config.model.device))
 
     # -- the loop -----------------------------------------------------------------------------
+
+    def note_incomplete(self, stuck: list[Candidate]) -> None:
+        """Log each settled job that lacks a part once (again only after it changed or left),
+        and list them all in the status."""
+        for c in stuck:
+            if (c.kind, c.name) not in self.reported:
+                info = c.describe()
+                event(self.log, "incomplete", c.name, missing=info["missing"], files=info["files"])
+        self.reported = {(c.kind, c.name) for c in stuck}
+        self.status.incomplete = [c.describe() for c in stuck]
 
     def take(self, ready: list[Any]) -> list[Claimed]:
         claimed: list[Claimed] = []
@@ -310,7 +325,9 @@ class _Daemon:
             self.hint.clear()
             try:
                 candidates = scan(self.config.inbox)
-                ready = self.settler.ready(candidates)
+                settled = self.settler.settled(candidates)
+                self.note_incomplete([c for c in settled if not c.complete])
+                ready = [c for c in settled if c.complete]
                 self.status.queue_depth = sum(c.complete for c in candidates)
                 claimed = self.take(ready)
                 if claimed:
@@ -322,6 +339,7 @@ class _Daemon:
                 self.stopping.wait(self.config.rescan)
                 continue
             if self.config.once and not any(c.complete for c in candidates):
+                self.note_incomplete([c for c in candidates if not c.complete])  # left behind
                 break
             due = self.settler.next_due()
             self.hint.wait(min(self.config.rescan, due + 0.01) if due else self.config.rescan)
@@ -394,7 +412,9 @@ def watch(config: WatchConfig, models: ModelPool, log: logging.Logger | None = N
     complete job left); the exit status. Bad input never stops it; it raises ConfigError only
     before taking any job (bad folders, a worker id in use, no way to watch)."""
     config.prepare()
-    status = WorkerStatus(config.worker_id, interval=config.status_interval)
+    status = WorkerStatus(
+        config.worker_id, interval=config.status_interval, stale_after=config.stale_after
+    )
     daemon = _Daemon(
         config, models, log or logging.getLogger(LOGGER), status, Settler(config.settle)
     )

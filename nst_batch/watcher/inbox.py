@@ -44,6 +44,16 @@ class Candidate:
     complete: bool  # has a content and a style part
     signature: Signature  # changes whenever any part's size or mtime does
     mtime: float  # newest part's: oldest jobs are taken first
+    missing: tuple[str, ...] = ()  # the roles an incomplete job lacks: content, style
+
+    def describe(self) -> dict[str, object]:
+        """An incomplete job as logged and listed in status.json."""
+        files = [p.name for p in self.parts] if self.kind == "pair" else [f"{self.name}/"]
+        return {"job": self.name, "missing": list(self.missing), "files": files}
+
+
+def _missing(roles: set[str]) -> tuple[str, ...]:
+    return tuple(r for r in ("content", "style") if r not in roles)
 
 
 def _sig(path: Path) -> tuple[str, int, int, int]:
@@ -62,7 +72,8 @@ def _folder(path: Path) -> Candidate | None:
     roles = {m["role"] for p in entries if (m := FOLDER_PART.match(p.name))}
     mtime = max(s[3] for s in sig) / 1e9
     complete = roles == {"content", "style"} or not os.access(path, os.R_OK | os.X_OK)
-    return Candidate(path.name, "folder", (path,), complete, sig, mtime)
+    missing = () if complete else _missing(roles)
+    return Candidate(path.name, "folder", (path,), complete, sig, mtime, missing)
 
 
 def scan(inbox: Path) -> list[Candidate]:
@@ -85,15 +96,16 @@ def scan(inbox: Path) -> list[Candidate]:
             pairs.setdefault(m["name"], []).append(path)
         elif entry.name.endswith(".json"):
             pairs.setdefault(entry.name[: -len(".json")], []).append(path)
-    for name, parts in pairs.items():
+    for name, unsorted in pairs.items():
+        parts = tuple(sorted(unsorted))
         try:
-            sig = tuple(_sig(p) for p in sorted(parts))
+            sig = tuple(_sig(p) for p in parts)
         except FileNotFoundError:
             continue
         roles = {m["role"] for p in parts if (m := PART.match(p.name))}
         complete = roles == {"content", "style"}
         mtime = max(s[3] for s in sig) / 1e9
-        found.append(Candidate(name, "pair", tuple(sorted(parts)), complete, sig, mtime))
+        found.append(Candidate(name, "pair", parts, complete, sig, mtime, _missing(roles)))
     return sorted(found, key=lambda c: (c.mtime, c.name))
 
 
@@ -107,21 +119,23 @@ class Settler:
 
     def ready(self, candidates: Iterable[Candidate], now: float | None = None) -> list[Candidate]:
         """The complete candidates whose files have not changed for ``settle`` seconds."""
+        return [c for c in self.settled(candidates, now) if c.complete]
+
+    def settled(self, candidates: Iterable[Candidate], now: float | None = None) -> list[Candidate]:
+        """The candidates, complete or not, whose files have not changed for ``settle`` seconds."""
         now = time.monotonic() if now is None else now
         current: dict[tuple[str, str], tuple[Signature, float]] = {}
-        ready = []
+        settled = []
         for c in candidates:
-            if not c.complete:
-                continue
             key = (c.kind, c.name)
             sig, since = self.seen.get(key, (c.signature, now))
             if sig != c.signature:
                 since = now
             current[key] = (c.signature, since)
             if now - since >= self.settle:
-                ready.append(c)
+                settled.append(c)
         self.seen = current  # forget jobs that left the inbox
-        return ready
+        return settled
 
     def next_due(self, now: float | None = None) -> float | None:
         """Seconds until the next waiting job settles (if nothing changes), or None."""

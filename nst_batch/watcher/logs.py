@@ -8,11 +8,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 LOGGER = "nst_batch.watch"
+WARNINGS = ("failed", "lost", "error", "dead", "incomplete")  # events logged at WARNING
 
 
 def event(log: logging.Logger, name: str, job: str | None = None, **fields: Any) -> None:
     """Log event ``name`` (claimed, started, done, skipped, failed, requeued, ...) for ``job``."""
-    level = logging.WARNING if name in ("failed", "lost", "error") else logging.INFO
+    level = logging.WARNING if name in WARNINGS else logging.INFO
     text = " ".join([name, *([job] if job else []), *(f"{k}={v}" for k, v in fields.items())])
     log.log(level, text, extra={"event": name, "job": job, "fields": fields})
 
