@@ -127,6 +127,7 @@ def optimize(
     config: OptimConfig,
     callback: Callable[[Progress], None] | None = None,
     graphs: bool = True,
+    min_steps: int = 0,
 ) -> OptimizeResult:
     """Minimise ``loss_fn`` over the pixels of ``init`` (B, 3, H, W), kept in [0, 1].
 
@@ -134,7 +135,8 @@ def optimize(
     ``config.steps``, on the time budget, on early convergence, or on KeyboardInterrupt (Ctrl-C);
     in every case the result holds the best image so far (or the iterate average when
     ``config.ema`` is set) so the caller can save it. ``graphs`` replays the evaluation as a
-    CUDA graph on CUDA (no effect elsewhere).
+    CUDA graph on CUDA (no effect elsewhere). The time budget stops the loop only after
+    ``min_steps`` steps.
     """
     x = init.detach().clone().clamp_(0, 1).contiguous().requires_grad_(True)
     b = x.shape[0]
@@ -209,7 +211,8 @@ def optimize(
                     callback(p)
             pending.clear()
             elapsed = now - start
-            if config.max_seconds is not None and elapsed >= config.max_seconds:
+            budget = config.max_seconds
+            if budget is not None and elapsed >= budget and step >= min_steps:
                 reason = "time"
                 break
             if config.tolerance and step > config.window:
