@@ -6,7 +6,7 @@
 #   sbatch deploy/slurm-array.sh /shared/project/manifest.csv
 #
 # The manifest's folder must be on a file system every node sees; outputs and the reports
-# (report.shard-I-of-4.json/.csv) are written there. Resubmitting skips the jobs already done.
+# (MANIFEST.report.shard-I-of-4.json/.csv) are written there. Resubmitting skips the jobs already done.
 #SBATCH --job-name=nst-batch
 #SBATCH --array=0-3
 #SBATCH --gres=gpu:1

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
@@ -49,6 +51,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM; the shell's convention for SIGINT
+_T = TypeVar("_T")
+LOG_SECONDS = 5.0  # off a terminal, a progress line at least this often (besides every N steps)
 
 
 class OptimizerChoice(str, Enum):
@@ -91,6 +95,13 @@ def _stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
 
+def _table_console(stderr: bool = False) -> Console:
+    """A console for tables: the terminal's width on a terminal; unlimited in a pipe or a log,
+    so paths are printed whole rather than cut at 80 columns."""
+    console = Console(stderr=stderr, highlight=False)
+    return console if console.is_terminal else Console(stderr=stderr, highlight=False, width=10**4)
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     _stderr().print(f"[bold red]error:[/] {message}", soft_wrap=True)
     return typer.Exit(code)
@@ -109,14 +120,36 @@ def _step_line(p: Step) -> str:
     )
 
 
+def log_due(
+    parts: int, seconds: float = LOG_SECONDS, clock: Callable[[], float] = time.monotonic
+) -> Callable[[Step], bool]:
+    """When a plain progress line is due: the first and last step, every 1/``parts`` of the
+    steps, and whenever ``seconds`` passed since the last line (slow steps, short budgets)."""
+    last = -math.inf
+
+    def due(p: Step) -> bool:
+        nonlocal last
+        now = clock()
+        if p.step in (1, p.total) or p.step % max(1, p.total // parts) == 0:
+            last = now
+            return True
+        if now - last >= seconds:
+            last = now
+            return True
+        return False
+
+    return due
+
+
 @contextmanager
-def _progress_reporter(label: str, log_every: int) -> Iterator[Callable[[Step], None]]:
-    """A rich bar on a terminal; plain log lines (every ``log_every`` steps) otherwise."""
+def _progress_reporter(label: str) -> Iterator[Callable[[Step], None]]:
+    """A rich bar on a terminal; plain log lines (:func:`log_due`) otherwise."""
     console = _stderr()
     if not console.is_terminal:
+        due = log_due(20)
 
         def log(p: Step) -> None:
-            if p.step == 1 or p.step % log_every == 0 or p.step == p.total:
+            if due(p):
                 print(_step_line(p), file=sys.stderr, flush=True)
 
         yield log
@@ -164,8 +197,7 @@ def _run_stylize(
 
     try:
         models = ModelPool(check_onnx)
-        log_every = max(1, config.optim.steps // 20)
-        with _sigterm_as_ctrl_c(), _progress_reporter(output.name, log_every) as report:
+        with _sigterm_as_ctrl_c(), _progress_reporter(output.name) as report:
             result = stylize(content, styles, output, config, report, outputs, models)
     except NstError as err:
         raise _fail(str(err)) from None
@@ -196,84 +228,195 @@ class Reconstruct(str, Enum):
     style = "style"
 
 
+# The default preset's values, shown in --help (a --preset changes them; flags override both).
+_D = build_config()
+_FLAG = ""  # metavar of an on/off flag: nothing after the name
+
+
+def _default(value: object, note: str = "") -> str:
+    return f" (default: {value}{'; ' + note if note else ''})"
+
+
+def _alias(name: str, value: _T, alias: _T | None) -> _T:
+    """A flag's value, or its hidden alias's (the spelling users of neural-style type)."""
+    if alias is None or alias is False:
+        return value
+    if value is not None and value is not False and value != alias:
+        raise _fail(f"{name} and its alias disagree ({value!r} vs {alias!r})", 2)
+    return alias
+
+
 @app.command("stylize")
 def stylize_command(
-    content: Path = typer.Argument(..., help="Content image (any format Pillow reads)."),
-    style: Path | None = typer.Argument(None, help="Style image (or give --style, repeatable)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output image: .png, .jpg or .webp."),
+    content: Path = typer.Argument(
+        ..., metavar="CONTENT", help="Content image (any format Pillow reads)."
+    ),
+    style: Path | None = typer.Argument(
+        None, metavar="STYLE", help="Style image (or give --style, repeatable)."
+    ),
+    output: Path = typer.Option(
+        ..., "--output", "-o", metavar="OUT", help="Output image: .png, .jpg or .webp."
+    ),
     styles: list[Path] | None = typer.Option(
-        None, "--style", help="A style image; repeat to blend several."
+        None, "--style", metavar="PATH", help="A style image; repeat to blend several."
     ),
     style_blend: str | None = typer.Option(
-        None, help="Blend weights of the style images, e.g. 0.7,0.3 (default: equal)."
+        None,
+        metavar="W,W,...",
+        help="Blend weights of the style images, e.g. 0.7,0.3" + _default("equal"),
     ),
     style_scale: float | None = typer.Option(
-        None, help="Style image size relative to the output (0.5 = finer brush strokes)."
+        None,
+        metavar="X",
+        help="Style image size relative to the output (0.5 = finer brush "
+        "strokes)" + _default(_D.style_scale),
     ),
     preserve_colors: bool = typer.Option(
-        False, "--preserve-colors", help="Keep the content's colours (stylized luminance only)."
+        False,
+        "--preserve-colors",
+        metavar=_FLAG,
+        help="Keep the content's colours (stylized luminance only).",
     ),
-    preset: str = typer.Option("default", help="Recipe to start from: see `nst-batch presets`."),
-    size: int | None = typer.Option(None, help="Long edge of the output in pixels [512]."),
-    steps: int | None = typer.Option(None, help="Iterations at the final scale [preset]."),
-    optimizer: OptimizerChoice | None = typer.Option(None, help="lbfgs or adam [preset]."),
-    lr: float | None = typer.Option(None, help="Step size [1.0 for L-BFGS, 0.02 Adam]."),
-    content_weight: float | None = typer.Option(None, help="Weight of content [preset]."),
+    preset: str = typer.Option(
+        "default", metavar="NAME", help="Recipe to start from: see `nst-batch presets`."
+    ),
+    size: int | None = typer.Option(
+        None, metavar="PX", help="Long edge of the output in pixels" + _default(_D.size)
+    ),
+    steps: int | None = typer.Option(
+        None,
+        metavar="N",
+        help="Iterations at the final scale" + _default(_D.optim.steps, "presets change it"),
+    ),
+    optimizer: OptimizerChoice | None = typer.Option(
+        None, help="The optimizer" + _default(_D.optim.optimizer)
+    ),
+    lr: float | None = typer.Option(
+        None, metavar="LR", help="Step size (default: 1.0 for lbfgs, 0.02 for adam)."
+    ),
+    content_weight: float | None = typer.Option(
+        None, metavar="W", help="Weight of content" + _default(f"{_D.loss.content_weight:g}")
+    ),
     style_weight: float | None = typer.Option(
-        None, help="Weight of style [preset; 10 by default, higher = more style]."
+        None,
+        metavar="W",
+        help="Weight of style, higher = more style" + _default(f"{_D.loss.style_weight:g}"),
     ),
-    tv_weight: float | None = typer.Option(None, help="Weight of total variation [preset]."),
+    tv_weight: float | None = typer.Option(
+        None,
+        metavar="W",
+        help="Weight of total variation (smoothness)" + _default(f"{_D.loss.tv_weight:g}"),
+    ),
     content_layers: str | None = typer.Option(
-        None, help="Content layers with optional weights, e.g. relu4_2 or relu3_1:0.5,relu4_2."
+        None,
+        metavar="LAYERS",
+        help="Content layers with optional weights, e.g. relu4_2 or relu3_1:0.5,relu4_2"
+        + _default(",".join(n for n, _ in _D.loss.content_layers)),
     ),
     style_layers: str | None = typer.Option(
-        None, help="Style layers with weights, e.g. relu1_1:0.2,relu2_1:0.2,relu3_1:0.2."
+        None,
+        metavar="LAYERS",
+        help="Style layers with weights, e.g. relu1_1:0.2,relu2_1:0.2,relu3_1:0.2"
+        + _default("relu1_1..relu5_1 at 0.2"),
     ),
-    init: str | None = typer.Option(None, help="Start image: content, noise or a path [preset]."),
-    seed: int | None = typer.Option(None, help="Seed for noise init; same seed, same CPU result."),
+    init: str | None = typer.Option(
+        None,
+        metavar="content|noise|PATH",
+        help="Start image: content, noise (or random) or an image file" + _default(_D.init),
+    ),
+    seed: int | None = typer.Option(
+        None, metavar="N", help="Seed for noise init; same seed, same CPU result" + _default(0)
+    ),
     scales: int | None = typer.Option(
-        None, help="Coarse-to-fine levels (1 = off) [auto: on from 384 px]."
+        None,
+        metavar="N",
+        help="Coarse-to-fine levels, 1 = off (default: automatic, on from 384 px).",
     ),
     scale_steps: int | None = typer.Option(
-        None, help="Iterations at each coarser scale [half of --steps]."
+        None, metavar="N", help="Iterations at each coarser scale (default: half of --steps)."
     ),
     ema: float | None = typer.Option(
-        None, help="Average the iterates with this decay (e.g. 0.9) [off]."
+        None, metavar="DECAY", help="Average the iterates with this decay, e.g. 0.9 (default: off)."
     ),
-    max_seconds: float | None = typer.Option(None, help="Time budget for the optimization."),
+    max_seconds: float | None = typer.Option(
+        None,
+        metavar="S",
+        help="Time budget for the optimization, split over the pyramid levels (see README).",
+    ),
     tolerance: float | None = typer.Option(
-        None, help="Stop early when the loss improves less than this fraction over --window."
+        None,
+        metavar="FRACTION",
+        help="Stop early when the loss improves less than this fraction over --window.",
     ),
-    window: int | None = typer.Option(None, help="Steps over which --tolerance is judged [50]."),
-    save_every: int = typer.Option(0, help="Also save every N-th iterate as OUT.<step>.png."),
+    window: int | None = typer.Option(
+        None,
+        metavar="N",
+        help="Steps over which --tolerance is judged" + _default(_D.optim.window),
+    ),
+    save_every: int = typer.Option(
+        0,
+        metavar="N",
+        show_default=False,
+        help="Also save every N-th iterate beside OUT, same format: out.0050.png (default: off).",
+    ),
     sheet: bool = typer.Option(
-        False, "--sheet", help="Also write OUT.sheet.png (inputs | result) and OUT.loss.png."
+        False,
+        "--sheet",
+        metavar=_FLAG,
+        help="Also write OUT.sheet.png (inputs | result) and OUT.loss.png.",
     ),
     reconstruct: Reconstruct | None = typer.Option(
         None, help="content: content-only from noise (no style needed); style: style-only."
     ),
-    device: str | None = typer.Option(None, help="auto, cpu or cuda[:N] [auto]."),
-    weights: str | None = typer.Option(
-        None, help="bundled (original VGG19, offline), torchvision, or a .pth/.safetensors path."
+    device: str | None = typer.Option(
+        None, metavar="auto|cpu|cuda[:N]|mps", help="Where to compute" + _default(_D.model.device)
     ),
-    pooling: PoolingChoice | None = typer.Option(None, help="max or avg pooling [preset]."),
+    weights: str | None = typer.Option(
+        None,
+        metavar="bundled|torchvision|PATH",
+        help="VGG19 weights: bundled (original, offline), torchvision, or a .pth/.safetensors "
+        "file" + _default(_D.model.weights),
+    ),
+    pooling: PoolingChoice | None = typer.Option(
+        None, help="Pooling layers" + _default(_D.model.pooling, "gatys preset: avg")
+    ),
+    max_pixels: int | None = typer.Option(
+        None,
+        metavar="N",
+        help="Refuse input images with more pixels, a guard against decompression bombs; "
+        "raise it for large camera files (default: Pillow's 89478485).",
+    ),
     targets_backend: TargetsBackend | None = typer.Option(
-        None, help="Compute style/content targets in torch or ONNX Runtime [auto: per device]."
+        None, help="Compute style/content targets in torch or ONNX Runtime (default: auto)."
     ),
     check_onnx: Path | None = typer.Option(
-        None, help="An `nst-batch export`: check the engine's features against it first."
+        None,
+        metavar="MODEL.onnx",
+        help="An `nst-batch export`: check the engine's features against it first.",
     ),
     precision: EnginePrecision | None = typer.Option(
         None,
         help="auto (bf16 where the hardware has it, else fp32), fp32, tf32 (CUDA convolutions) "
-        "or bf16 (autocast; Gram matrices and losses stay fp32) [auto].",
+        "or bf16 (autocast; Gram matrices and losses stay fp32)" + _default("auto"),
     ),
     cuda_graphs: bool | None = typer.Option(
-        None, "--cuda-graphs/--no-cuda-graphs", help="Replay each step as a CUDA graph [on]."
+        None,
+        "--cuda-graphs/--no-cuda-graphs",
+        metavar=_FLAG,
+        help="Replay each step as a CUDA graph (default: on).",
     ),
+    # Hidden aliases: the names users of neural-style and its ports type.
+    num_steps: int | None = typer.Option(None, "--num-steps", hidden=True),
+    original_colors: bool = typer.Option(
+        False, "--original-colors", "--preserve-color", hidden=True
+    ),
+    style_blend_weights: str | None = typer.Option(None, "--style-blend-weights", hidden=True),
 ) -> None:
     """Stylize CONTENT with the look of STYLE; writes OUTPUT and OUTPUT.json (all parameters)."""
     style_list = ([style] if style else []) + list(styles or [])
+    steps = _alias("--steps", steps, num_steps)
+    preserve_colors = _alias("--preserve-colors", preserve_colors, original_colors)
+    style_blend = _alias("--style-blend", style_blend, style_blend_weights)
     try:
         overrides = {
             "size": size,
@@ -302,6 +445,7 @@ def stylize_command(
             "targets_backend": targets_backend.value if targets_backend else None,
             "precision": precision.value if precision else None,
             "cuda_graphs": cuda_graphs,
+            "max_pixels": max_pixels,
         }
         if reconstruct is not None:
             # Reconstruction from white noise, as in the paper's Fig. 1.
@@ -310,11 +454,11 @@ def stylize_command(
             if reconstruct == "content" and not style_list:
                 style_list = [content]  # unused at weight 0; only its presence is checked
         config = build_config(preset, **overrides)
+        outputs = OutputConfig(save_every=save_every, sheet=sheet)
     except NstError as err:
         raise _fail(str(err)) from None
     if not style_list:
         raise _fail("give a STYLE image (or --style PATH)", 2)
-    outputs = OutputConfig(save_every=save_every, sheet=sheet)
     _run_stylize(content, style_list, output, config, outputs, check_onnx)
 
 
@@ -438,17 +582,17 @@ def verify_command(
     model: Path = typer.Argument(..., help="An ONNX model made by `nst-batch export`."),
     providers: Provider = typer.Option(Provider.auto, help="ONNX Runtime execution provider."),
     precision: PrecisionChoice = typer.Option(
-        PrecisionChoice.auto, help="fp16 is TensorRT only [auto: fp16 there, else fp32]."
+        PrecisionChoice.auto, help="fp16 is TensorRT only; auto: fp16 on TensorRT, else fp32."
     ),
     sizes: str = typer.Option("64,256,517x311", help="Input sizes: N (square) or WxH."),
     images: list[Path] | None = typer.Option(
         None, "--image", help="Also compare on this picture (repeatable)."
     ),
     weights: str | None = typer.Option(
-        None, help="The engine's weights to compare with [the source the export records]."
+        None, help="The engine's weights to compare with (default: the source the export records)."
     ),
     trt_cache: Path | None = typer.Option(
-        None, help="TensorRT engine cache folder [MODEL's folder/<name>.trt-cache]."
+        None, help="TensorRT engine cache folder (default: MODEL's folder/<name>.trt-cache)."
     ),
 ) -> None:
     """Compare ONNX Runtime with the torch engine per layer; exit 1 when out of tolerance."""
@@ -509,9 +653,9 @@ def _defaults(flags: dict[str, object], pairs: list[str] | None, option: str) ->
 @app.command("watch")
 def watch_command(
     inbox: Path = typer.Argument(..., help="Folder to watch for drops (see README: Watch folder)."),
-    outbox: Path | None = typer.Option(None, help="Where results go [INBOX/../outbox]."),
+    outbox: Path | None = typer.Option(None, help="Where results go (default: INBOX/../outbox)."),
     state: Path | None = typer.Option(
-        None, help="Parent of work/, done/, failed/ (inbox's filesystem) [INBOX/..]."
+        None, help="Parent of work/, done/, failed/ (inbox's filesystem) (default: INBOX/..)."
     ),
     poll: bool = typer.Option(
         False, "--poll", help="Poll instead of inotify (NFS, SMB, Docker Desktop mounts)."
@@ -519,7 +663,7 @@ def watch_command(
     settle: float = typer.Option(2.0, help="Seconds a drop's files must stay unchanged."),
     rescan: float = typer.Option(5.0, help="Seconds between scans when no event arrives."),
     once: bool = typer.Option(False, "--once", help="Process what is complete now, then exit."),
-    worker_id: str | None = typer.Option(None, help="Name of this worker [hostname-pid]."),
+    worker_id: str | None = typer.Option(None, help="Name of this worker (default: hostname-pid)."),
     max_edge: int = typer.Option(8192, help="Refuse input images (and sizes) over this edge."),
     max_retries: int = typer.Option(2, help="Retries of a job that crashed (not bad input)."),
     grace: float = typer.Option(8.0, help="Seconds the running job may finish after SIGTERM."),
@@ -531,10 +675,14 @@ def watch_command(
     output_format: str = typer.Option("png", "--format", help="Output format: png, jpg, webp."),
     log_json: bool = typer.Option(False, "--log-json", help="Log JSON lines instead of text."),
     preset: str | None = typer.Option(None, help="Default recipe (NAME.json may override)."),
-    size: int | None = typer.Option(None, help="Default long edge of outputs [512]."),
-    steps: int | None = typer.Option(None, help="Default iterations [preset]."),
-    style_weight: float | None = typer.Option(None, help="Default style weight [preset]."),
-    device: str | None = typer.Option(None, help="auto, cpu or cuda[:N] [auto]."),
+    size: int | None = typer.Option(None, help="Default long edge of outputs (default: 512)."),
+    steps: int | None = typer.Option(
+        None, help="Default iterations" + _default(_D.optim.steps, "presets change it")
+    ),
+    style_weight: float | None = typer.Option(
+        None, help="Default style weight" + _default(f"{_D.loss.style_weight:g}")
+    ),
+    device: str | None = typer.Option(None, help="auto, cpu or cuda[:N] (default: auto)."),
     weights: str | None = typer.Option(None, help="bundled, torchvision or a weights file."),
     targets_backend: TargetsBackend | None = typer.Option(None, help="torch, onnx or auto."),
     params: list[str] | None = typer.Option(
@@ -547,7 +695,7 @@ def watch_command(
     """Watch INBOX: each dropped pair (NAME.content.EXT + NAME.style.EXT) or job folder becomes
     OUTBOX/NAME.png; inputs move to done/ or failed/ (with NAME.error.json)."""
     from nst_batch.jobs import job_settings
-    from nst_batch.stylize import ModelPool
+    from nst_batch.stylize import ModelPool, resolve_device
     from nst_batch.watcher import logs
     from nst_batch.watcher.config import make_config
     from nst_batch.watcher.daemon import watch
@@ -563,7 +711,8 @@ def watch_command(
             "targets_backend": targets_backend.value if targets_backend else None,
         }
         defaults = _defaults(flags, params, "--param")
-        job_settings({}, defaults)  # bad defaults fail now, not on every job
+        settings, _ = job_settings({}, defaults)  # bad defaults fail now, not on every job
+        resolve_device(settings.model.device)  # as does a device this machine lacks
         config = make_config(
             inbox,
             defaults,
@@ -641,10 +790,10 @@ def score_command(
     content: Path = typer.Argument(..., help="The content image it was made from."),
     styles: list[Path] = typer.Argument(..., help="The style image(s) it was made with."),
     size: int | None = typer.Option(
-        None, help="Long edge the output is evaluated at [its own size]."
+        None, help="Long edge the output is evaluated at (default: its own size)."
     ),
     style_blend: str | None = typer.Option(
-        None, help="Blend weights of several style images, e.g. 0.7,0.3 [equal]."
+        None, help="Blend weights of several style images, e.g. 0.7,0.3 (default: equal)."
     ),
     style_scale: float = typer.Option(1.0, help="Style size relative to the output, as stylize."),
     weights: str = typer.Option("bundled", help="bundled, torchvision or a path."),
@@ -711,8 +860,10 @@ def _run_progress(console: Console) -> Iterator[RunCallbacks]:
         def start(j: PlannedJob) -> None:
             print(f"line {j.line}: {j.raw['output']} ...", file=sys.stderr, flush=True)
 
+        due: dict[int, Callable[[Step], bool]] = {}
+
         def step(j: PlannedJob, p: Step) -> None:
-            if p.step == 1 or p.step % max(1, p.total // 10) == 0 or p.step == p.total:
+            if due.setdefault(j.line, log_due(10))(p):
                 print(f"  {_step_line(p)}", file=sys.stderr, flush=True)
 
         def end(o: JobOutcome) -> None:
@@ -816,13 +967,21 @@ def run_command(
     config_file: Path | None = typer.Option(
         None, "--config", help="JSON or TOML file of default stylize parameters."
     ),
-    preset: str | None = typer.Option(None, help="Recipe rows start from [default]."),
-    size: int | None = typer.Option(None, help="Default long edge of the outputs [512]."),
-    steps: int | None = typer.Option(None, help="Default iterations [preset]."),
-    style_weight: float | None = typer.Option(None, help="Default weight of style [preset]."),
-    content_weight: float | None = typer.Option(None, help="Default weight of content."),
-    device: str | None = typer.Option(None, help="auto, cpu or cuda[:N] [auto]."),
-    weights: str | None = typer.Option(None, help="bundled, torchvision or a path [bundled]."),
+    preset: str | None = typer.Option(None, help="Recipe rows start from (default: default)."),
+    size: int | None = typer.Option(None, help="Default long edge of the outputs (default: 512)."),
+    steps: int | None = typer.Option(
+        None, help="Default iterations" + _default(_D.optim.steps, "presets change it")
+    ),
+    style_weight: float | None = typer.Option(
+        None, help="Default weight of style" + _default(f"{_D.loss.style_weight:g}")
+    ),
+    content_weight: float | None = typer.Option(
+        None, help="Default weight of content" + _default(f"{_D.loss.content_weight:g}")
+    ),
+    device: str | None = typer.Option(None, help="auto, cpu or cuda[:N] (default: auto)."),
+    weights: str | None = typer.Option(
+        None, help="bundled, torchvision or a path (default: bundled)."
+    ),
     settings: list[str] | None = typer.Option(
         None, "--set", help="Any other default stylize parameter, KEY=VALUE (repeatable)."
     ),
@@ -836,14 +995,14 @@ def run_command(
         1, min=1, help="Jobs of one size and settings optimized as one batch (pays on a GPU)."
     ),
     report_dir: Path | None = typer.Option(
-        None, help="Folder for report.json/.csv [the manifest's folder]."
+        None, help="Folder for MANIFEST.report.json/.csv (default: the manifest's folder)."
     ),
     check_onnx: Path | None = typer.Option(
         None, help="An `nst-batch export`: check the engine's features against it first."
     ),
     ray: bool = typer.Option(False, "--ray", help="Run the jobs on Ray actors (extra `ray`)."),
     ray_address: str | None = typer.Option(
-        None, help="Ray cluster to join (implies --ray) [a local one, or $RAY_ADDRESS]."
+        None, help="Ray cluster to join (implies --ray) (default: a local one, or $RAY_ADDRESS)."
     ),
 ) -> None:
     """Run every job of MANIFEST: validated up front, resumable, shardable; writes a report."""
@@ -887,11 +1046,11 @@ def run_command(
     except KeyboardInterrupt:  # before the first job: nothing was written
         raise _fail("interrupted before any job ran; nothing written", EXIT_INTERRUPTED) from None
     if dry_run:
-        Console(highlight=False).print(_report_table(report, f"plan for {manifest}"))
+        _table_console().print(_report_table(report, f"plan for {manifest}"))
         counts = report.counts()
         print(f"{counts['would-run']} would run, {counts['skipped']} already done")
         return
-    console.print(_report_table(report, f"{manifest}"))
+    _table_console(stderr=True).print(_report_table(report, f"{manifest}"))
     counts = report.counts()
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     console.print(f"{summary or 'no jobs'}; report: {', '.join(map(str, report.files))}")

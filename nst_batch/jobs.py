@@ -22,7 +22,7 @@ from nst_batch.engine.losses import LossConfig
 from nst_batch.engine.optimize import OptimConfig, Progress
 from nst_batch.errors import ConfigError
 from nst_batch.images import oriented_size, resized_shape
-from nst_batch.presets import parse_floats, parse_layers
+from nst_batch.presets import parse_floats, parse_layers, unknown_names
 from nst_batch.stylize import (
     ModelConfig,
     ModelPool,
@@ -135,15 +135,11 @@ def job_settings(
     merged = {**(defaults or {}), **{k: v for k, v in params.items() if v not in (None, "")}}
     preset = str(merged.pop("preset", "default"))
     kinds = _field_types()
-    unknown = sorted(set(merged) - set(kinds))
+    unknown = set(merged) - set(kinds)
     if unknown:
-        raise ConfigError(
-            f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(parameter_names())}"
-        )
+        raise ConfigError(unknown_names(unknown, [*parameter_names(), "preset"]))
     values = {k: _coerce(k, v, kinds[k]) for k, v in merged.items()}
     outputs = OutputConfig(**{k: v for k, v in values.items() if k in OUTPUT_KEYS})
-    if outputs.save_every < 0:
-        raise ConfigError(f"save_every must not be negative, not {outputs.save_every}")
     config = build_config(preset, **{k: v for k, v in values.items() if k not in OUTPUT_KEYS})
     return config, outputs
 

@@ -8,7 +8,7 @@ hours. Finished jobs (same parameter hash in the sidecar) are skipped, so an int
 run resumes where it stopped; outputs are written atomically, so none is ever half written.
 
 The run is shardable (row k goes to shard k mod N) for Kubernetes Indexed Jobs and Slurm arrays,
-and ends with ``report.json`` + ``report.csv``. Progress goes to :class:`RunCallbacks`.
+and ends with a report, ``MANIFEST.report.json`` + ``.csv``. Progress goes to :class:`RunCallbacks`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import torch
 from nst_batch.engine.optimize import Progress
 from nst_batch.engine.weights import resolve_source
 from nst_batch.errors import ConfigError, ManifestError, NstError
-from nst_batch.images import SAVE_FORMATS, open_rgb, resized_shape, write_atomic
+from nst_batch.images import check_output_path, file_identity, open_rgb, resized_shape, write_atomic
 from nst_batch.jobs import (
     Job,
     batch_groups,
@@ -40,6 +39,7 @@ from nst_batch.jobs import (
     run_batch,
     run_job,
 )
+from nst_batch.presets import unknown_names
 from nst_batch.stylize import (
     ModelPool,
     StylizeResult,
@@ -86,7 +86,7 @@ class ManifestConfig:
     shard: Shard | None = None
     batch_size: int = 1  # jobs of one size/layer set/device run together (CUDA; issue 7)
     check_onnx: Path | None = None  # an nst-batch ONNX export to check the engine against first
-    report_dir: Path | None = None  # where report.json/.csv go; None = the manifest's folder
+    report_dir: Path | None = None  # where the report files go; None = the manifest's folder
     ray_address: str | None = None  # with ``ray``: "" or None = a local cluster, else its address
     ray: bool = False  # run the jobs over a pool of Ray actors (nst_batch.distributed)
 
@@ -258,13 +258,8 @@ def _read_jsonl(
 
 def _unknown_keys(keys: Iterable[str]) -> str:
     known = set(ROW_KEYS) | set(parameter_names()) | {"preset"}
-    unknown = sorted(set(keys) - known)
-    if not unknown:
-        return ""
-    return (
-        f"unknown column(s) {', '.join(unknown)}; expected {', '.join(ROW_KEYS)}, preset, "
-        f"or a stylize parameter ({', '.join(parameter_names())})"
-    )
+    unknown = set(keys) - known
+    return unknown_names(unknown, known, "column") if unknown else ""
 
 
 def read_manifest(
@@ -297,9 +292,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: {err}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path}: expected an object of stylize parameters")
-    unknown = sorted(set(values) - set(parameter_names()) - {"preset"})
+    unknown = set(values) - set(parameter_names()) - {"preset"}
     if unknown:
-        raise ConfigError(f"config file {path}: unknown parameter(s) {', '.join(unknown)}")
+        raise ConfigError(f"config file {path}: {unknown_names(unknown, parameter_names())}")
     return _resolve_parameter_paths(values, path.parent)
 
 
@@ -332,18 +327,19 @@ class _Checker:
 
     def __init__(self, check_device: bool) -> None:
         self.check_device = check_device
-        self._images: dict[Path, str] = {}
+        self._images: dict[tuple[Path, int | None], str] = {}
         self._sizes: dict[Path, tuple[int, int]] = {}
         self._devices: dict[str, str] = {}
 
-    def image(self, path: Path) -> str:
-        if path not in self._images:
+    def image(self, path: Path, max_pixels: int | None = None) -> str:
+        key = (path, max_pixels)
+        if key not in self._images:
             try:
-                self._sizes[path] = open_rgb(path).size
-                self._images[path] = ""
+                self._sizes[path] = open_rgb(path, max_pixels).size
+                self._images[key] = ""
             except NstError as err:
-                self._images[path] = str(err)
-        return self._images[path]
+                self._images[key] = str(err)
+        return self._images[key]
 
     def size(self, path: Path) -> tuple[int, int]:
         """(W, H) as decoded, EXIF rotation applied; for a path :meth:`image` found good."""
@@ -362,16 +358,10 @@ class _Checker:
 
 
 def _output_problem(output: Path) -> str:
-    if output.suffix.lower() not in SAVE_FORMATS:
-        return (
-            f"output {output}: unsupported format {output.suffix or '(none)'!r}; "
-            f"use one of {', '.join(sorted(SAVE_FORMATS))}"
-        )
-    if output.is_dir():
-        return f"output {output}: is a directory"
-    for parent in output.parents:  # missing folders are created; a file in the way is not
-        if parent.exists():
-            return "" if parent.is_dir() else f"output {output}: {parent} is not a folder"
+    try:
+        check_output_path(output)  # missing folders are created; a file in the way is not
+    except NstError as err:
+        return f"output {err}"
     return ""
 
 
@@ -417,19 +407,26 @@ def _row_job(
     if not styles_raw:
         problems.append("style: missing (one path, or several separated by ';')")
     paths = _row_paths(raw, base)
-    for image in [paths.content, *paths.styles]:
-        if image is not None and (message := checker.image(image)):
-            problems.append(message)
-    if paths.output is not None and (message := _output_problem(paths.output)):
-        problems.append(message)
     try:
         config, outputs = job_settings(params, defaults)
     except NstError as err:
-        return None, [*problems, str(err)]
+        settings_problem = str(err)
+        max_pixels = None
+    else:
+        settings_problem = ""
+        max_pixels = config.max_pixels
+    for image in [paths.content, *paths.styles]:
+        if image is not None and (message := checker.image(image, max_pixels)):
+            problems.append(message)
+    if paths.output is not None and (message := _output_problem(paths.output)):
+        problems.append(message)
+    if settings_problem:
+        return None, [*problems, settings_problem]
     n_styles = len(paths.styles)
     if config.style_blend is not None and n_styles and len(config.style_blend) != n_styles:
         problems.append(f"style_blend has {len(config.style_blend)} weights for {n_styles} styles")
-    if config.init not in ("content", "noise") and (message := checker.image(Path(config.init))):
+    init = Path(config.init)
+    if config.init not in ("content", "noise") and (message := checker.image(init, max_pixels)):
         problems.append(f"init: {message}")
     if message := checker.device(config.model.device):
         problems.append(message)
@@ -467,22 +464,22 @@ def _row_paths(values: Mapping[str, Any], base: Path) -> _RowPaths:
 
 
 def _clashes(
-    rows: Sequence[tuple[int, _RowPaths]], reserved: Mapping[str, str]
+    rows: Sequence[tuple[int, _RowPaths]], reserved: Mapping[tuple[object, ...], str]
 ) -> list[tuple[int, str]]:
     """Outputs that two rows share (also through their sidecars: out.png and out.jpg share
     out.json), that overwrite an input, or that land on a report file."""
     problems: list[tuple[int, str]] = []
-    inputs: dict[str, int] = {}
+    inputs: dict[tuple[object, ...], int] = {}
     for line, paths in rows:
         for path in (paths.content, *paths.styles):
             if path is not None:
-                inputs.setdefault(os.path.realpath(path), line)
-    claimed: dict[str, int] = {}
+                inputs.setdefault(file_identity(path), line)
+    claimed: dict[tuple[object, ...], int] = {}
     for line, paths in rows:
         if paths.output is None:
             continue
         for path in (paths.output, sidecar_path(paths.output)):
-            real = os.path.realpath(path)
+            real = file_identity(path)  # also through another spelling or a hard link
             if real in claimed and claimed[real] != line:
                 problems.append((line, f"output {path} is also written by line {claimed[real]}"))
             elif real in inputs:
@@ -496,11 +493,13 @@ def _clashes(
 
 
 def report_paths(manifest: Path, config: ManifestConfig) -> tuple[Path, Path]:
-    """Where report.json and report.csv go; shards get their own so they never collide."""
+    """Where the report goes: named after the manifest (``jobs.csv`` -> ``jobs.report.json`` and
+    ``jobs.report.csv``), so two manifests in one folder keep their own; shards get their own
+    (``jobs.report.shard-0-of-4.json``) so they never collide."""
     folder = config.report_dir or manifest.parent
-    stem = (
-        f"report.shard-{config.shard.index}-of-{config.shard.count}" if config.shard else "report"
-    )
+    stem = f"{manifest.stem}.report"
+    if config.shard:
+        stem += f".shard-{config.shard.index}-of-{config.shard.count}"
     return folder / f"{stem}.json", folder / f"{stem}.csv"
 
 
@@ -531,7 +530,7 @@ def plan_manifest(path: Path, config: ManifestConfig = ManifestConfig()) -> Plan
         problems += [(line, message) for message in row_problems]
         if planned is not None:
             jobs.append(planned)
-    reserved = {os.path.realpath(p): "a report file" for p in report_paths(path, config)}
+    reserved = {file_identity(p): "a report file" for p in report_paths(path, config)}
     problems += _clashes(
         [(line, _row_paths(values, path.parent)) for line, values in rows], reserved
     )
@@ -631,22 +630,34 @@ class JobEvents:
             self.callbacks.end(outcome)
 
 
-def outcome_of(planned: PlannedJob, result: StylizeResult, seconds: float) -> JobOutcome:
-    meta = result.metadata
+def _figures(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A report row's iterations, speed, losses and device, from a job's sidecar metadata."""
     steps = int(meta["steps_completed"])
     optimize_seconds = float(meta["optimize_seconds"] or 0.0)
     final = meta["final_loss"]
-    return planned.outcome(
-        "done",
-        seconds=round(seconds, 3),
-        iterations=steps,
-        iterations_per_s=round(steps / optimize_seconds, 3) if optimize_seconds > 0 else None,
-        loss=final["total"],
-        content_loss=final["content"],
-        style_loss=final["style"],
-        tv_loss=final["tv"],
-        device=str(meta["device"]),
-    )
+    return {
+        "iterations": steps,
+        "iterations_per_s": round(steps / optimize_seconds, 3) if optimize_seconds > 0 else None,
+        "loss": final["total"],
+        "content_loss": final["content"],
+        "style_loss": final["style"],
+        "tv_loss": final["tv"],
+        "device": str(meta["device"]),
+    }
+
+
+def outcome_of(planned: PlannedJob, result: StylizeResult, seconds: float) -> JobOutcome:
+    return planned.outcome("done", seconds=round(seconds, 3), **_figures(result.metadata))
+
+
+def skipped_outcome(planned: PlannedJob) -> JobOutcome:
+    """A job already done: its figures (the run that made it) carried over from its sidecar."""
+    try:
+        meta = json.loads(sidecar_path(planned.job.output).read_text())
+        figures = {"seconds": meta.get("wall_seconds"), **_figures(meta)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        figures = {}  # a sidecar from an older version: the row says skipped, without figures
+    return planned.outcome("skipped", "already done", **figures)
 
 
 def execute(
@@ -746,7 +757,7 @@ def _run_local(jobs: Sequence[PlannedJob], config: ManifestConfig, events: JobEv
 
 
 def write_report(report: Report, paths: tuple[Path, Path]) -> None:
-    """``report.json`` and ``report.csv``, each written atomically."""
+    """The report as JSON and CSV (:func:`report_paths`), each written atomically."""
     json_path, csv_path = paths
     json_path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(json_path, json.dumps(report.to_json(), indent=2).encode() + b"\n")
@@ -790,7 +801,7 @@ def run_manifest(
             dry_run=config.dry_run,
         )
 
-    skipped = [p.outcome("skipped", "already done") for p in plan.jobs if p.done]
+    skipped = [skipped_outcome(p) for p in plan.jobs if p.done]
     if config.dry_run:
         return report([*skipped, *(p.outcome("would-run") for p in plan.jobs if not p.done)])
     for outcome in skipped:

@@ -8,7 +8,8 @@ pooling; any parameter given on the command line (or in a manifest row, or to
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,10 +158,7 @@ def override(config: Any, overrides: Mapping[str, Any]) -> Any:
         elif f.name in remaining:
             changes[f.name] = remaining.pop(f.name)
     if remaining:
-        known = sorted(_names(config))
-        raise ConfigError(
-            f"unknown parameter(s) {', '.join(sorted(remaining))}; known: {', '.join(known)}"
-        )
+        raise ConfigError(unknown_names(remaining, _names(config)))
     try:
         return dataclasses.replace(config, **changes)
     except (TypeError, ValueError) as err:
@@ -173,3 +171,14 @@ def _names(config: Any) -> set[str]:
         value = getattr(config, f.name)
         names |= _names(value) if dataclasses.is_dataclass(value) else {f.name}
     return names
+
+
+def unknown_names(unknown: Iterable[str], known: Iterable[str], what: str = "parameter") -> str:
+    """The message for names that are not parameters: each with the closest known name, when one
+    is close ("did you mean steps?"), then the known names."""
+    known = sorted(known)
+    parts = []
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return f"unknown {what}(s) {', '.join(parts)}; known: {', '.join(known)}"

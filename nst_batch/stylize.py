@@ -47,7 +47,9 @@ from nst_batch.engine.vgg import LAYER_INDEX, LAYERS, Pooling, VGG19Features, lo
 from nst_batch.engine.weights import Weights, load_weights, resolve_source, sha256_file
 from nst_batch.errors import ConfigError, NstError
 from nst_batch.images import (
+    check_not_inputs,
     check_output_path,
+    make_output_folder,
     open_rgb,
     resize_long_edge,
     resized_shape,
@@ -63,6 +65,14 @@ HISTORY_POINTS = 200  # loss-history samples kept in the sidecar
 AUTO_TARGETS_BACKEND = {"cpu": "onnx", "cuda": "torch"}
 AUTO_SCALES_FROM = 384  # outputs at least this large are optimized coarse to fine by default
 SMALLEST_SCALE = 128  # the coarsest scale's long edge is at least this
+# With a time budget (max_seconds) each coarser pyramid level runs at least this many steps (or
+# all its steps when it has fewer) before its share of the budget can stop it: a level of one or
+# two L-BFGS steps is wasted time (its upsampled result is barely a start). The final level gets
+# whatever time is left.
+MIN_LEVEL_STEPS = 20
+# What users of other tools call the init images (neural-style's -init random|image).
+INIT_ALIASES = {"random": "noise", "image": "content"}
+DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
@@ -79,13 +89,31 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        check_device_name(self.device)
+
+
+def check_device_name(name: str) -> None:
+    """Refuse device names other than auto, cpu, cuda[:N] and mps (availability is checked by
+    :func:`resolve_device` where the job runs)."""
+    if name == "auto":
+        return
+    try:
+        kind = torch.device(name).type
+    except (RuntimeError, TypeError):
+        kind = ""
+    if kind not in DEVICE_TYPES:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
 
 
 def check_style_settings(style_scale: float, style_blend: tuple[float, ...] | None) -> None:
     if not 0.05 <= style_scale <= 8:
         raise ConfigError(f"style_scale must be between 0.05 and 8, not {style_scale}")
-    if style_blend is not None and (min(style_blend, default=-1) < 0 or sum(style_blend) <= 0):
+    if style_blend is None:
+        return
+    if not style_blend or min(style_blend) < 0:
         raise ConfigError(f"style_blend needs non-negative weights, not {style_blend}")
+    if sum(style_blend) <= 0:
+        raise ConfigError(f"style_blend {style_blend}: at least one weight must be positive")
 
 
 def style_long_edge(style_scale: float, long_edge: int) -> int:
@@ -104,6 +132,8 @@ class StylizeConfig:
     preserve_colors: bool = False  # keep the output's luminance with the content's chroma
     scales: int | None = None  # coarse-to-fine pyramid levels; None = auto (on from 384 px)
     scale_steps: int | None = None  # iterations at each coarser scale; None = half of steps
+    # refuse input images with more pixels (decompression bombs); None = Pillow's limit (89.5 MP)
+    max_pixels: int | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -116,6 +146,12 @@ class StylizeConfig:
             raise ConfigError(f"scales must be between 1 and 6, not {self.scales}")
         if self.scale_steps is not None and self.scale_steps < 1:
             raise ConfigError(f"scale_steps must be at least 1, not {self.scale_steps}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ConfigError(f"max_pixels must be at least 1, not {self.max_pixels}")
+        if not self.init.strip():
+            raise ConfigError("init must be content, noise or an image path, not empty")
+        if self.init in INIT_ALIASES:  # canonical name, so hashes and sidecars agree
+            object.__setattr__(self, "init", INIT_ALIASES[self.init])
 
     def pyramid(self) -> tuple[int, ...]:
         """Long edge of each scale, coarse to fine, ending at ``size``."""
@@ -154,8 +190,12 @@ def build_config(preset: str = "default", **overrides: Any) -> StylizeConfig:
 class OutputConfig:
     """What a job writes besides the image and its sidecar."""
 
-    save_every: int = 0  # also save the iterate every N steps as OUT.<step>.png; 0 = never
+    save_every: int = 0  # also save the iterate every N steps as OUT.<step>.EXT; 0 = never
     sheet: bool = False  # OUT.sheet.png (content | styles | result) and OUT.loss.png
+
+    def __post_init__(self) -> None:
+        if self.save_every < 0:
+            raise ConfigError(f"save_every must not be negative (0 = off), not {self.save_every}")
 
 
 @dataclass
@@ -170,14 +210,20 @@ class StylizeResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for a name; ConfigError for an unknown one or one this machine lacks."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+    check_device_name(name)
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "device 'mps' asked for, but this torch build or machine has no MPS (Apple GPU); "
+            "use --device cpu"
+        )
     return device
 
 
@@ -318,6 +364,7 @@ def parameter_hash(content: Path, styles: Sequence[Path], config: StylizeConfig)
     settings = dataclasses.asdict(config)
     for name in ("device", "targets_backend", "cuda_graphs"):  # same numbers however computed
         settings["model"].pop(name)
+    settings.pop("max_pixels")  # which inputs are accepted, not what is made of them
     settings["optim"].pop("sync_every")  # when the host reads losses, not what they are
     record = {
         "content": sha256_file(Path(content)),
@@ -328,7 +375,7 @@ def parameter_hash(content: Path, styles: Sequence[Path], config: StylizeConfig)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def initial_image(init: str, content: Tensor, seed: int) -> Tensor:
+def initial_image(init: str, content: Tensor, seed: int, max_pixels: int | None = None) -> Tensor:
     """The optimization's starting point, shaped like ``content`` (1, 3, H, W)."""
     if init == "content":
         return content.clone()
@@ -336,7 +383,7 @@ def initial_image(init: str, content: Tensor, seed: int) -> Tensor:
         generator = torch.Generator().manual_seed(seed)  # local: no global RNG state touched
         return torch.rand(content.shape, generator=generator).to(content)
     h, w = content.shape[-2:]
-    img = open_rgb(Path(init)).resize((w, h))
+    img = open_rgb(Path(init), max_pixels).resize((w, h))
     return to_tensor(img).to(content)
 
 
@@ -441,18 +488,22 @@ def stylize_batch_tensors(
         if image is None:
             init = torch.cat(
                 [
-                    initial_image(c.init, level_content[j : j + 1], c.seed)
+                    initial_image(c.init, level_content[j : j + 1], c.seed, c.max_pixels)
                     for j, c in enumerate(configs)
                 ]
             )
         else:
             init = F.interpolate(image, size=level_content.shape[-2:], mode="bicubic")
         optim = config.optim
+        final = i == len(pyramid) - 1
         if optim.max_seconds is not None:
+            # Each level's share of the time left follows its cost (pixels x steps); a coarser
+            # level still runs MIN_LEVEL_STEPS steps when its share runs out sooner.
             left = optim.max_seconds - (time.perf_counter() - start)
             share = costs[i] / sum(costs[i:])
             optim = dataclasses.replace(optim, max_seconds=max(left * share, 1e-3))
         optim = dataclasses.replace(optim, steps=steps[i])
+        min_steps = 0 if final else min(MIN_LEVEL_STEPS, steps[i])
         level_start = time.perf_counter()
 
         def globally(
@@ -469,8 +520,15 @@ def stylize_batch_tensors(
                 progress(globally(p))
 
         with precision_context(precision, device):
-            graphs = config.model.cuda_graphs
-            result = optimize(init, loss_fn, optim, report, graphs, cancel_check)
+            result = optimize(
+                init,
+                loss_fn,
+                optim,
+                report,
+                graphs=config.model.cuda_graphs,
+                cancel_check=cancel_check,
+                min_steps=min_steps,
+            )
         history += [dataclasses.replace(globally(p), image=None) for p in result.history]
         offset += steps[i]
         image = result.image
@@ -551,12 +609,20 @@ def read_inputs(
         raise ConfigError(
             f"style_blend has {len(config.style_blend)} weights for {len(paths)} style images"
         )
+    inputs = [Path(content_path), *paths]
     if config.init not in ("content", "noise"):
-        open_rgb(Path(config.init))  # fail now on a bad init image
-    content_img = open_rgb(Path(content_path))
-    style_imgs = [open_rgb(p) for p in paths]
+        if not Path(config.init).exists():
+            raise ConfigError(
+                f"init {config.init!r} is not content, noise (or random) or an image file"
+            )
+        open_rgb(Path(config.init), config.max_pixels)  # fail now on a bad init image
+        inputs.append(Path(config.init))
+    check_not_inputs([output_path, sidecar_path(output_path)], inputs)
+    content_img = open_rgb(Path(content_path), config.max_pixels)
+    style_imgs = [open_rgb(p, config.max_pixels) for p in paths]
     content_small = resize_long_edge(content_img, config.size)
     check_fits(config, content_small.size, [img.size for img in style_imgs])
+    make_output_folder(output_path)  # as ``run`` does; checked writable above
     return JobInputs(
         content_path=Path(content_path),
         style_paths=paths,

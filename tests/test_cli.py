@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,13 +83,13 @@ def test_each_bad_image_exits_1_with_one_line(pair: tuple[Path, Path], tmp_path:
     ("args", "fragment"),
     [
         (["-o", "out.gif"], "unsupported output format"),
-        (["-o", "missing-dir/out.png"], "does not exist"),
+        (["-o", "content.png/out.png"], "content.png is not a folder"),  # missing ones are made
         (["-o", "out.png", "--steps", "0"], "steps must be at least 1"),
         (["-o", "out.png", "--size", "4"], "size must be between"),
         (["-o", "out.png", "--style-weight", "-1"], "must not be negative"),
         (["-o", "out.png", "--weights", "nowhere.pth"], "does not exist"),
         (["-o", "out.png", "--weights", "vgg.h5"], "expected 'bundled'"),
-        (["-o", "out.png", "--init", "nowhere.png"], "no such file"),
+        (["-o", "out.png", "--init", "nowhere.png"], "'nowhere.png' is not content, noise"),
     ],
 )
 def test_bad_settings_exit_1(
@@ -209,3 +210,82 @@ def test_key_value_defaults_are_kept_beside_the_named_flags() -> None:
     }
     with pytest.raises(ConfigError, match="--set expects KEY=VALUE"):
         _defaults(flags, ["size"], "--set")
+
+
+def test_stylize_help_shows_every_default_and_no_markup_is_eaten() -> None:
+    result = CliRunner().invoke(app, ["stylize", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    for option, default in [
+        ("--steps N", "(default: 300; presets change it)"),
+        ("--optimizer <lbfgs|adam>", "(default: lbfgs)"),
+        ("--content-weight W", "(default: 1)"),
+        ("--style-weight W", "(default: 10)"),
+        ("--tv-weight W", "(default: 1)"),
+        ("--init content|noise|PATH", "(default: content)"),
+        ("--device auto|cpu|cuda[:N]|mps", "(default: auto)"),
+        ("--weights bundled|torchvision|PATH", "(default: bundled)"),
+        ("--pooling <max|avg>", "(default: max; gatys preset: avg)"),
+        ("--size PX", "(default: 512)"),
+    ]:
+        assert option in text, option
+        assert default in text[text.index(option) :], (option, default)
+    assert not re.search(r" \.(\s|$)", text)  # what rich left of "[preset]"
+    for alias in ("--num-steps", "--original-colors", "--preserve-color", "--style-blend-weights"):
+        assert not re.search(re.escape(alias) + r"(?![\w-])", text), alias  # hidden
+    for command in ("run", "watch", "verify", "score"):
+        help_text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+        assert not re.search(r" \.(\s|$)", " ".join(help_text.split())), command
+
+
+def test_hidden_aliases_of_the_peers_flags(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    content, style = pair
+    out = tmp_path / "o.png"
+    result = invoke(
+        "stylize", content, style, "--style", style, "-o", out, "--size", 32, "--num-steps", 2,
+        "--original-colors", "--style-blend-weights", "3,1", "--init", "random",
+        "--targets-backend", "torch",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    params = json.loads(out.with_suffix(".json").read_text())["parameters"]
+    assert params["optim"]["steps"] == 2 and params["preserve_colors"] is True
+    assert params["style_blend"] == [3.0, 1.0] and params["init"] == "noise"
+    result = invoke("stylize", content, style, "-o", out, "--preserve-color", "--steps", 1,
+                    "--size", 32, "--targets-backend", "torch")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    clash = invoke("stylize", content, style, "-o", out, "--steps", 3, "--num-steps", 4)
+    assert clash.exit_code == 2 and "disagree" in clash.output
+
+
+def test_dry_run_in_a_pipe_prints_whole_paths(pair: tuple[Path, Path], tmp_path: Path) -> None:
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "and-another-long-one"
+    deep.mkdir(parents=True)
+    content, style = (deep / p.name for p in pair)
+    for src, dst in zip(pair, (content, style), strict=True):
+        dst.write_bytes(src.read_bytes())
+    manifest = deep / "jobs.csv"
+    manifest.write_text(f"content,style,output\n{content},{style},{deep / 'out.png'}\n")
+    result = invoke("run", manifest, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert str(content) in result.output and str(deep / "out.png") in result.output
+
+
+def test_plain_progress_lines_come_every_n_steps_or_every_few_seconds() -> None:
+    from nst_batch.cli import log_due
+    from nst_batch.engine.optimize import Progress
+
+    now = [0.0]
+    due = log_due(10, seconds=5.0, clock=lambda: now[0])
+
+    def at(step: int, seconds: float, total: int = 100) -> bool:
+        now[0] = seconds
+        return due(Progress(step, total, 1.0, 0.0, 0.0, 0.0, seconds))
+
+    assert at(1, 0.0)  # the first step
+    assert not at(2, 1.0)
+    assert at(3, 6.0)  # 5 s since the last line
+    assert not at(4, 7.0)
+    assert at(10, 8.0)  # every tenth of the steps
+    assert not at(11, 12.0)
+    assert at(12, 13.5)
+    assert at(100, 13.6)  # the last step

@@ -20,7 +20,7 @@ from nst_batch.engine.weights import Weights
 from nst_batch.errors import ConfigError
 from nst_batch.images import load_image, to_tensor
 from nst_batch.presets import PRESETS, parse_layers
-from nst_batch.stylize import build_config, resize_to, stylize_tensors
+from nst_batch.stylize import MIN_LEVEL_STEPS, build_config, resize_to, stylize_tensors
 from tests.conftest import content_picture, make_model
 
 LOSS = LossConfig()
@@ -167,6 +167,13 @@ def test_time_budget_and_early_stop(model, content) -> None:
     pyramid = stylize_tensors(content, [style], budget, model)
     assert pyramid.stop_reason == "time" and {p.scale for p in pyramid.history} == {0, 1}
     assert pyramid.elapsed >= 1.5 and pyramid.image.shape[-2:] == content.shape[-2:]
+    # A tiny budget still gives each coarser level MIN_LEVEL_STEPS (capped at its steps).
+    tiny = build_config(size=64, scales=3, steps=50, scale_steps=30, max_seconds=1e-6)
+    levels = stylize_tensors(content, [style], tiny, model)
+    counts = [sum(p.scale == i for p in levels.history) for i in range(3)]
+    assert counts == [MIN_LEVEL_STEPS, MIN_LEVEL_STEPS, 1], counts
+    few = build_config(size=64, scales=2, steps=5, scale_steps=5, max_seconds=1e-6)
+    assert stylize_tensors(content, [style], few, model).steps == 5 + 1
     early = build_config(size=64, steps=200, tolerance=0.5, window=3)
     converged = stylize_tensors(content, [style], early, model)
     assert converged.stop_reason == "converged" and converged.steps < 200

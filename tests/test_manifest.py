@@ -111,8 +111,8 @@ def test_csv_manifest_runs_end_to_end(images: Path, tmp_path: Path) -> None:
     assert sidecar(out / "b.jpg")["parameters"]["optim"]["steps"] == 2  # the row wins
     assert len(sidecar(out / "b.jpg")["inputs"]["styles"]) == 2
 
-    assert report.files == (tmp_path / "report.json", tmp_path / "report.csv")
-    data = json.loads((tmp_path / "report.json").read_text())
+    assert report.files == (tmp_path / "jobs.report.json", tmp_path / "jobs.report.csv")
+    data = json.loads((tmp_path / "jobs.report.json").read_text())
     assert data["counts"]["done"] == 2 and data["shard"] is None and not data["interrupted"]
     first, second = data["jobs"]
     assert (first["line"], first["output"], first["status"]) == (2, "out/a.png", "done")
@@ -122,7 +122,7 @@ def test_csv_manifest_runs_end_to_end(images: Path, tmp_path: Path) -> None:
         assert job["loss"] == pytest.approx(
             job["content_loss"] + job["style_loss"] + job["tv_loss"], rel=1e-4
         )
-    with (tmp_path / "report.csv").open(newline="") as f:
+    with (tmp_path / "jobs.report.csv").open(newline="") as f:
         table = list(csv.DictReader(f))
     assert [(r["line"], r["status"], r["iterations"]) for r in table] == [
         ("2", "done", "1"),
@@ -199,7 +199,8 @@ def test_validation_lists_every_problem_with_line_numbers(images: Path, tmp_path
     flat = " ".join(text.split())  # rich may wrap long lines
     for fragment in expected:
         assert " ".join(fragment.split()) in flat, fragment
-    assert not (tmp_path / "out" / "ok.png").exists() and not (tmp_path / "report.json").exists()
+    assert not (tmp_path / "out" / "ok.png").exists()
+    assert not (tmp_path / "jobs.report.json").exists()
 
     bad_json = tmp_path / "jobs.jsonl"
     bad_json.write_text(
@@ -235,7 +236,7 @@ def test_dry_run_then_rerun_skips_and_force_redoes(images: Path, tmp_path: Path)
     result = invoke("run", manifest, "--dry-run", *FAST_FLAGS)
     assert result.exit_code == 0, result.output
     assert result.output.count("would-run") == 2 and "2 would run, 0 already done" in result.output
-    assert not (tmp_path / "out").exists() and not (tmp_path / "report.json").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "jobs.report.json").exists()
 
     result = invoke("run", manifest, *FAST_FLAGS)
     assert result.exit_code == 0, result.output
@@ -300,7 +301,7 @@ def test_sigterm_stops_like_ctrl_c(images: Path, tmp_path: Path) -> None:
         assert proc.wait(timeout=60) == 130
     finally:
         proc.kill()
-    data = json.loads((tmp_path / "report.json").read_text())
+    data = json.loads((tmp_path / "jobs.report.json").read_text())
     assert data["interrupted"] and [j["status"] for j in data["jobs"]] == ["interrupted"] * 2
     assert not (tmp_path / "out" / "0.png").exists()
 
@@ -336,9 +337,9 @@ def test_shards_cover_every_job_exactly_once(
     result = invoke("run", manifest, *FAST_FLAGS)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["0.png", "2.png", "4.png"]
-    data = json.loads((tmp_path / "report.shard-0-of-2.json").read_text())
+    data = json.loads((tmp_path / "jobs.report.shard-0-of-2.json").read_text())
     assert data["shard"] == "0/2" and [j["line"] for j in data["jobs"]] == [2, 4, 6]
-    assert not (tmp_path / "report.json").exists()
+    assert not (tmp_path / "jobs.report.json").exists()
     result = invoke("run", manifest, "--shard", "5/2", *FAST_FLAGS)
     assert result.exit_code == 2 and "shard 5/2" in result.output
 
@@ -357,7 +358,7 @@ def test_failing_job_is_recorded_and_the_rest_continue(
     monkeypatch.setattr(manifest_module, "plan_manifest", plan_then_corrupt)
     result = invoke("run", manifest, *FAST_FLAGS)
     assert result.exit_code == 1, result.output
-    data = json.loads((tmp_path / "report.json").read_text())
+    data = json.loads((tmp_path / "jobs.report.json").read_text())
     assert [j["status"] for j in data["jobs"]] == ["done", "failed", "done"]
     assert "c2.jpg" in data["jobs"][1]["reason"] and data["counts"]["failed"] == 1
     assert not (tmp_path / "out" / "1.png").exists() and (tmp_path / "out" / "2.png").exists()
@@ -377,7 +378,7 @@ def test_interrupt_writes_the_report_and_exits_130(
     monkeypatch.setattr(manifest_module, "run_job", interrupt_second)
     result = invoke("run", manifest, *FAST_FLAGS)
     assert result.exit_code == 130, result.output
-    data = json.loads((tmp_path / "report.json").read_text())
+    data = json.loads((tmp_path / "jobs.report.json").read_text())
     assert data["interrupted"] is True
     assert [(j["status"], j["reason"]) for j in data["jobs"]] == [
         ("done", ""),
@@ -407,7 +408,7 @@ def test_ray_actors_run_jobs_and_catch_errors_per_job(images: Path, tmp_path: Pa
         ray.shutdown()
     assert [r.status for r in report.rows] == ["done", "failed", "done"]
     assert "c2.jpg" in report.rows[1].reason
-    data = json.loads((tmp_path / "report.json").read_text())
+    data = json.loads((tmp_path / "jobs.report.json").read_text())
     assert data["counts"]["done"] == 2 and data["jobs"][0]["iterations"] == 1
     assert (tmp_path / "out" / "2.png").is_file() and not (tmp_path / "out" / "1.png").exists()
 
@@ -422,7 +423,46 @@ def test_batch_size_optimizes_compatible_jobs_together(images: Path, tmp_path: P
     report = run_manifest(manifest, config, callbacks)
     assert report.counts()["done"] == 5 and not report.failed
     assert set(batches) == {1}  # each job's progress is its own view of the batch ...
-    data = json.loads((tmp_path / "report.json").read_text())
+    data = json.loads((tmp_path / "jobs.report.json").read_text())
     assert {j["seconds"] for j in data["jobs"][0::2]} == {data["jobs"][0]["seconds"]}  # ... one run
     solo = run_manifest(manifest, dataclasses.replace(config, batch_size=1))
     assert solo.counts()["skipped"] == 5  # same parameter hash as a solo run: nothing to redo
+
+
+def test_reports_are_named_after_the_manifest_and_skips_keep_their_figures(
+    images: Path, tmp_path: Path
+) -> None:
+    a = write_csv(tmp_path / "a.csv", rows(1))
+    b = write_jsonl(tmp_path / "b.jsonl", [{**rows(2)[1], "output": "out/b.png"}])
+    first = run_manifest(a, ManifestConfig(defaults=FAST))
+    run_manifest(b, ManifestConfig(defaults=FAST))
+    assert first.files == (tmp_path / "a.report.json", tmp_path / "a.report.csv")
+    reports = {name: json.loads((tmp_path / f"{name}.report.json").read_text()) for name in "ab"}
+    assert [j["output"] for j in reports["a"]["jobs"]] == ["out/0.png"]
+    assert [j["output"] for j in reports["b"]["jobs"]] == ["out/b.png"]
+
+    done = reports["a"]["jobs"][0]
+    again = run_manifest(a, ManifestConfig(defaults=FAST))  # every job skipped
+    (row,) = again.rows
+    assert row.status == "skipped"
+    assert row.loss == done["loss"] and row.style_loss == done["style_loss"]
+    assert row.iterations == done["iterations"] and row.device == done["device"]
+    assert row.seconds is not None and row.iterations_per_s == done["iterations_per_s"]
+    kept = json.loads((tmp_path / "a.report.json").read_text())["jobs"][0]
+    assert kept["loss"] == done["loss"] and kept["status"] == "skipped"
+
+
+def test_unknown_column_suggests_the_closest_name(images: Path, tmp_path: Path) -> None:
+    manifest = write_csv(tmp_path / "jobs.csv", [{**rows(1)[0], "stpes": "3"}])
+    with pytest.raises(ManifestError, match=r"stpes \(did you mean steps\?\)"):
+        plan_manifest(manifest)
+
+
+def test_output_over_an_input_through_a_hard_link_is_refused(images: Path, tmp_path: Path) -> None:
+    os.link(images / "c1.png", tmp_path / "linked.png")
+    manifest = write_csv(
+        tmp_path / "jobs.csv",
+        [{"content": "img/c1.png", "style": "img/s1.png", "output": "linked.png"}],
+    )
+    with pytest.raises(ManifestError, match="would overwrite an input of line 2"):
+        plan_manifest(manifest)

@@ -71,6 +71,11 @@ class LossConfig:
         for field_name in ("content_weight", "style_weight", "tv_weight"):
             if getattr(self, field_name) < 0:
                 raise ConfigError(f"{field_name} must not be negative")
+        if self.content_weight == self.style_weight == self.tv_weight == 0:
+            raise ConfigError(
+                "content_weight, style_weight and tv_weight are all 0: nothing to optimize; "
+                "give at least one a positive weight"
+            )
         if self.tv_exponent <= 0:
             raise ConfigError("tv_exponent must be positive")
         if self.tv_kind not in ("l1", "l2"):

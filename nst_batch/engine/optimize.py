@@ -128,6 +128,7 @@ def optimize(
     callback: Callable[[Progress], None] | None = None,
     graphs: bool = True,
     cancel_check: Callable[[], None] | None = None,
+    min_steps: int = 0,
 ) -> OptimizeResult:
     """Minimise ``loss_fn`` over the pixels of ``init`` (B, 3, H, W), kept in [0, 1].
 
@@ -137,7 +138,8 @@ def optimize(
     ``config.ema`` is set) so the caller can save it. ``graphs`` replays the evaluation as a
     CUDA graph on CUDA (no effect elsewhere). ``cancel_check`` is called before every step (also
     between the host reads of ``sync_every``, unlike ``callback``); whatever it raises ends the
-    loop and propagates (how a daemon cancels a job within one step).
+    loop and propagates (how a daemon cancels a job within one step). The time budget stops the
+    loop only after ``min_steps`` steps.
     """
     x = init.detach().clone().clamp_(0, 1).contiguous().requires_grad_(True)
     b = x.shape[0]
@@ -214,7 +216,8 @@ def optimize(
                     callback(p)
             pending.clear()
             elapsed = now - start
-            if config.max_seconds is not None and elapsed >= config.max_seconds:
+            budget = config.max_seconds
+            if budget is not None and elapsed >= budget and step >= min_steps:
                 reason = "time"
                 break
             if config.tolerance and step > config.window:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch import Tensor
 
 from nst_batch.engine.vgg import CONV_NAMES, LAYERS, Normalization, conv_key
 from nst_batch.errors import WeightsError
+from nst_batch.images import open_atomic
 
 IMAGENET_NORMALIZATION = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 # Caffe's VGG mean pixel (BGR 103.939, 116.779, 123.68) in RGB order, on the 0-255 scale.
@@ -197,10 +197,8 @@ def _save_atomic(state: Mapping[str, Tensor], path: Path) -> None:
     """Best effort: a read-only home just means decoding again next time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with open_atomic(path) as f:  # the mode open() gives, like every file nst-batch writes
             torch.save(dict(state), f)
-        os.replace(tmp, path)
     except OSError:
         return
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from nst_batch import __version__
 from nst_batch.engine.vgg import LAYER_INDEX, Pooling, VGG19Features, layer_spec
 from nst_batch.errors import ConfigError, OnnxError
+from nst_batch.images import new_file_mode
 
 INPUT_NAME = "image"
 DEFAULT_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1", "relu4_2")
@@ -183,8 +184,9 @@ def export_onnx(output: Path, config: ExportConfig) -> ExportInfo:
             onnx.checker.check_model(str(staged), full_check=True)
         except onnx.checker.ValidationError as err:  # pragma: no cover - exporter bug
             raise OnnxError(f"the exported model fails onnx.checker: {err}") from None
-        _fsync(staged.parent / data_name)
-        _fsync(staged)
+        for staged_file in (staged.parent / data_name, staged):
+            os.chmod(staged_file, new_file_mode())  # onnx writes its data file 0600
+            _fsync(staged_file)
         os.replace(staged.parent / data_name, output.parent / data_name)
         os.replace(staged, output)
     return info

@@ -37,12 +37,12 @@ def _part(folder: Path, role: str, inbox: Path) -> Path:
     return path
 
 
-def _check_image(path: Path, max_edge: int) -> None:
+def _check_image(path: Path, max_edge: int, max_pixels: int | None) -> None:
     """Decode fully now (zero-byte, truncated, not an image, bomb, FIFO...), then the edge cap."""
     if not os.access(path, os.R_OK):
         raise ImageError(f"{path.name}: not readable (permissions)")
     try:
-        img = open_rgb(path)
+        img = open_rgb(path, max_pixels)
     except ImageError as err:  # name the part as the user knows it, not by its work/ path
         raise ImageError(str(err).replace(str(path), path.name)) from None
     with img:
@@ -93,10 +93,10 @@ def build_job(claimed: Claimed, config: WatchConfig) -> Job:
         style = _part(folder, "style", config.inbox)
     except PermissionError as err:
         raise ImageError(f"job folder not readable ({err.strerror})") from None
-    for path in (content, style):
-        _check_image(path, config.max_edge)
     params = _safe_paths(_params(folder), folder)
     stylize_config, outputs = job_settings(params, config.default_params())
+    for path in (content, style):  # after the settings: they may raise the pixel limit
+        _check_image(path, config.max_edge, stylize_config.max_pixels)
     if stylize_config.size > config.max_edge:
         raise ConfigError(
             f"size {stylize_config.size} is over this daemon's {config.max_edge} px cap"
