@@ -54,6 +54,18 @@ class OptimizerChoice(str, Enum):
     adam = "adam"
 
 
+class LineSearchChoice(str, Enum):
+    backtrack = "backtrack"
+    reject = "reject"
+    none = "none"
+
+
+LINE_SEARCH_HELP = (
+    "L-BFGS safeguard per image: backtrack (Armijo line search), reject (undo a step that more "
+    "than doubles the loss) or none (torch's plain L-BFGS) [preset]."
+)
+
+
 class PoolingChoice(str, Enum):
     max = "max"
     avg = "avg"
@@ -148,6 +160,11 @@ def _report(result: StylizeResult, output: Path) -> None:
         f"and {sidecar_path(output)}",
         soft_wrap=True,
     )
+    if not meta["converged"]:
+        _stderr().print(
+            f"[bold yellow]warning:[/] {output}: the optimization failed: {meta['convergence']}",
+            soft_wrap=True,
+        )
 
 
 def _run_stylize(
@@ -242,6 +259,7 @@ def stylize_command(
         None, help="Stop early when the loss improves less than this fraction over --window."
     ),
     window: int | None = typer.Option(None, help="Steps over which --tolerance is judged [50]."),
+    line_search: LineSearchChoice | None = typer.Option(None, help=LINE_SEARCH_HELP),
     save_every: int = typer.Option(0, help="Also save every N-th iterate as OUT.<step>.png."),
     sheet: bool = typer.Option(
         False, "--sheet", help="Also write OUT.sheet.png (inputs | result) and OUT.loss.png."
@@ -293,6 +311,7 @@ def stylize_command(
             "max_seconds": max_seconds,
             "tolerance": tolerance,
             "window": window,
+            "line_search": line_search.value if line_search else None,
             "device": device,
             "weights": weights,
             "pooling": pooling.value if pooling else None,
@@ -531,6 +550,7 @@ def watch_command(
     size: int | None = typer.Option(None, help="Default long edge of outputs [512]."),
     steps: int | None = typer.Option(None, help="Default iterations [preset]."),
     style_weight: float | None = typer.Option(None, help="Default style weight [preset]."),
+    line_search: LineSearchChoice | None = typer.Option(None, help=LINE_SEARCH_HELP),
     device: str | None = typer.Option(None, help="auto, cpu or cuda[:N] [auto]."),
     weights: str | None = typer.Option(None, help="bundled, torchvision or a weights file."),
     targets_backend: TargetsBackend | None = typer.Option(None, help="torch, onnx or auto."),
@@ -555,6 +575,7 @@ def watch_command(
             "size": size,
             "steps": steps,
             "style_weight": style_weight,
+            "line_search": line_search.value if line_search else None,
             "device": device,
             "weights": weights,
             "targets_backend": targets_backend.value if targets_backend else None,
@@ -708,6 +729,8 @@ def _run_progress(console: Console) -> Iterator[RunCallbacks]:
         def end(o: JobOutcome) -> None:
             counts[o.status] += 1
             reason = f": {o.reason}" if o.reason else ""
+            if o.converged is False:
+                reason = f": warning: the optimization failed: {o.reason}"
             seconds = f" in {o.seconds:.1f}s" if o.seconds is not None else ""
             done = sum(counts.values())
             print(
@@ -745,6 +768,11 @@ def _run_progress(console: Console) -> Iterator[RunCallbacks]:
             bar.update(jobs, advance=1, info=tally())
             if o.status == "failed":
                 bar.console.print(f"[red]line {o.line} failed:[/] {o.reason}", soft_wrap=True)
+            elif o.converged is False:
+                bar.console.print(
+                    f"[bold yellow]warning:[/] line {o.line}: the optimization failed: {o.reason}",
+                    soft_wrap=True,
+                )
 
         yield RunCallbacks(plan=plan_bar, start=start_bar, step=step_bar, end=end_bar)
 
@@ -797,6 +825,7 @@ def run_command(
     steps: int | None = typer.Option(None, help="Default iterations [preset]."),
     style_weight: float | None = typer.Option(None, help="Default weight of style [preset]."),
     content_weight: float | None = typer.Option(None, help="Default weight of content."),
+    line_search: LineSearchChoice | None = typer.Option(None, help=LINE_SEARCH_HELP),
     device: str | None = typer.Option(None, help="auto, cpu or cuda[:N] [auto]."),
     weights: str | None = typer.Option(None, help="bundled, torchvision or a path [bundled]."),
     settings: list[str] | None = typer.Option(
@@ -836,6 +865,7 @@ def run_command(
             "steps": steps,
             "style_weight": style_weight,
             "content_weight": content_weight,
+            "line_search": line_search.value if line_search else None,
             "device": device,
             "weights": weights,
         }

@@ -145,6 +145,8 @@ class JobOutcome:
     content_loss: float | None = None
     style_loss: float | None = None
     tv_loss: float | None = None
+    # False when the job ran but its result is not better than its start (reason says why)
+    converged: bool | None = None
     device: str = ""
 
 
@@ -638,6 +640,8 @@ def outcome_of(planned: PlannedJob, result: StylizeResult, seconds: float) -> Jo
     final = meta["final_loss"]
     return planned.outcome(
         "done",
+        meta.get("convergence", ""),
+        converged=bool(meta["converged"]),
         seconds=round(seconds, 3),
         iterations=steps,
         iterations_per_s=round(steps / optimize_seconds, 3) if optimize_seconds > 0 else None,
