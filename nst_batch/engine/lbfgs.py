@@ -67,7 +67,10 @@ LINE_SEARCHES: tuple[str, ...] = ("none", "backtrack", "reject")
 ARMIJO_C1 = 1e-4  # sufficient decrease: the usual constant (Nocedal & Wright, sec. 3.1)
 SHRINK_RANGE = (0.1, 0.5)  # a backtracking step keeps this fraction of the last one
 REJECT_GROWTH = 2.0  # "reject": a loss more than this times the last accepted one is undone
-MAX_BACKTRACKS = 5  # failed trials in a row before an image's history is reset
+MAX_PIXEL_STEP = 1.0  # safeguarded steps move no pixel by more than this (the [0, 1] range)
+MAX_BACKTRACKS = 5
+RESTART_GROWTH = 10.0  # a gradient restart that found no curvature pair is retried this much longer
+CURVATURE_COSINE = 1e-8  # safeguarded modes keep a pair when y^T s > this |s| |y|  # failed trials in a row before an image's history is reset
 
 
 class BatchedLBFGS:
@@ -103,6 +106,8 @@ class BatchedLBFGS:
         self.f_prev = torch.zeros(b, **z)
         self.g_prev = torch.zeros(b, n, **z)
         self.fails = torch.zeros(b, device=x.device, dtype=torch.long)  # failed trials in a row
+        # The step under way is a gradient step from the first-step rule (safeguarded modes)
+        self.restarted = torch.ones(b, device=x.device, dtype=torch.bool)
         self.steps = 0  # steps taken, the same for every image: host bookkeeping only
         self._rows = torch.arange(b, device=x.device)
         self._slots = torch.arange(self.m, device=x.device)
@@ -179,7 +184,13 @@ class BatchedLBFGS:
         self.h_diag.copy_(torch.where(lost, torch.ones_like(self.h_diag), self.h_diag))
         d = torch.where(lost[:, None], -g, torch.where(retry[:, None], self.d, d))
         t = torch.where(retry, self._retry_length(f, s), t)
-        return d, torch.where(lost, self._first_length(g), t)
+        # A restart whose downhill step gave no pair (negative curvature) tries a longer one.
+        grow = lost & ok & self.restarted
+        fresh = torch.where(grow, self.t * RESTART_GROWTH, self._first_length(g))
+        t = torch.where(lost, fresh, t)
+        self.restarted.copy_(lost | (retry & self.restarted))
+        # No pixel moves by more than the whole [0, 1] range in one step.
+        return d, torch.minimum(t, MAX_PIXEL_STEP / d.abs().amax(1))
 
     def _retry_length(self, f: Tensor, s: Tensor) -> Tensor:
         """The shorter step of a backtracking retry (B,): the minimiser of the quadratic through
@@ -194,7 +205,10 @@ class BatchedLBFGS:
     def _remember(self, s: Tensor, y: Tensor, ok: Tensor) -> None:
         """Store the pair (s, y) of each image in ``ok`` whose curvature ``y^T s`` is positive."""
         ys = (y * s).sum(1)  # (B,)
-        accept = ok & (ys > 1e-10)
+        if self.line_search == "none":
+            accept = ok & (ys > 1e-10)  # torch's test: absolute, so it depends on the loss scale
+        else:  # relative: the cosine of s and y; a short first step still gives a pair
+            accept = ok & (ys > CURVATURE_COSINE * (s.norm(dim=1) * y.norm(dim=1)))
         slot = torch.where(accept, (self.newest + 1) % self.m, self.newest)  # (B,)
         r = self._rows
         keep = accept[:, None]
