@@ -68,9 +68,9 @@ ARMIJO_C1 = 1e-4  # sufficient decrease: the usual constant (Nocedal & Wright, s
 SHRINK_RANGE = (0.1, 0.5)  # a backtracking step keeps this fraction of the last one
 REJECT_GROWTH = 2.0  # "reject": a loss more than this times the last accepted one is undone
 MAX_PIXEL_STEP = 1.0  # safeguarded steps move no pixel by more than this (the [0, 1] range)
-MAX_BACKTRACKS = 5
-RESTART_GROWTH = 10.0  # a gradient restart that found no curvature pair is retried this much longer
-CURVATURE_COSINE = 1e-8  # safeguarded modes keep a pair when y^T s > this |s| |y|  # failed trials in a row before an image's history is reset
+MAX_BACKTRACKS = 5  # failed trials in a row before an image's history is reset
+RESTART_GROWTH = 10.0  # a gradient restart that gave no curvature pair: the next is this longer
+CURVATURE_COSINE = 1e-8  # safeguarded modes keep a pair when y^T s > this |s| |y|
 
 
 class BatchedLBFGS:
