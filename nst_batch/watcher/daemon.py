@@ -331,7 +331,6 @@ class _Daemon:
         return 0
 
 
-@contextlib.contextmanager
 def _verdict(result: StylizeResult) -> dict[str, Any]:
     """The "done" event's convergence fields: converged, and the reason when it did not."""
     meta = result.metadata
@@ -341,6 +340,7 @@ def _verdict(result: StylizeResult) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
 def _signals(daemon: _Daemon) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread (e.g. in tests)
