@@ -75,6 +75,14 @@ def test_line_search_is_validated() -> None:
     assert build_config("pastiche", line_search="reject").optim.line_search == "reject"
 
 
+def test_a_single_step_is_not_judged(pair: tuple[Path, Path], tmp_path) -> None:
+    content, style = pair
+    out = tmp_path / "out.png"
+    args = ["stylize", str(content), str(style), "-o", str(out), "--size", "32", "--steps", "1"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert json.loads(out.with_suffix(".json").read_text())["converged"] is True
+
+
 def test_judge_names_both_losses() -> None:
     assert judge([1.0, 3.0], [2.0, 3.0]) == (
         "",
@@ -132,10 +140,12 @@ def test_final_loss_parts_come_from_the_saved_iterate(pair: tuple[Path, Path], t
 
 
 def test_a_failed_optimization_is_reported(pair: tuple[Path, Path], tmp_path) -> None:
-    """One step cannot improve on the start: not converged, and said so everywhere."""
+    """Steps too short to change a pixel cannot improve on the start: not converged, and said
+    so everywhere (a single step, which optimizes nothing, is not judged)."""
     content, style = pair
     out = tmp_path / "out.png"
-    args = ["stylize", str(content), str(style), "-o", str(out), "--size", "32", "--steps", "1"]
+    args = ["stylize", str(content), str(style), "-o", str(out), "--size", "32", "--steps", "3"]
+    args += ["--lr", "1e-30"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
@@ -146,7 +156,8 @@ def test_a_failed_optimization_is_reported(pair: tuple[Path, Path], tmp_path) ->
 
     manifest = tmp_path / "jobs.csv"
     manifest.write_text(f"content,style,output\n{content},{style},{tmp_path / 'run.png'}\n")
-    report = run_manifest(manifest, ManifestConfig(defaults={"size": 32, "steps": 1}))
+    defaults = {"size": 32, "steps": 3, "lr": 1e-30}
+    report = run_manifest(manifest, ManifestConfig(defaults=defaults))
     (row,) = report.rows
     assert row.status == "done" and row.converged is False and "starting loss" in row.reason
     data = json.loads((tmp_path / "report.json").read_text())

@@ -275,5 +275,6 @@ def optimize(
         losses=tuple(losses),
         terms=tuple(rows),
         start_losses=tuple(starts),
-        failures=judge(losses, starts) if history else (),
+        # One evaluation took no step: nothing was optimized, so nothing can have failed.
+        failures=judge(losses, starts) if len(history) > 1 else ("",) * len(losses),
     )
