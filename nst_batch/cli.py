@@ -55,14 +55,14 @@ class OptimizerChoice(str, Enum):
 
 
 class LineSearchChoice(str, Enum):
-    backtrack = "backtrack"
     reject = "reject"
+    backtrack = "backtrack"
     none = "none"
 
 
 LINE_SEARCH_HELP = (
-    "L-BFGS safeguard per image: backtrack (Armijo line search), reject (undo a step that more "
-    "than doubles the loss) or none (torch's plain L-BFGS) [preset]."
+    "L-BFGS safeguard per image: reject (undo a step that more than doubles the loss), "
+    "backtrack (Armijo line search) or none (torch's plain L-BFGS) [reject]."
 )
 
 

@@ -45,8 +45,9 @@ class OptimConfig:
     lr: float | None = None  # None: DEFAULT_LR of the optimizer
     history_size: int = 100  # L-BFGS curvature pairs kept
     # L-BFGS safeguard against bad quasi-Newton steps, per image (nst_batch.engine.lbfgs):
-    # "backtrack" (Armijo), "reject" (undo a step that more than doubles the loss), "none"
-    line_search: LineSearch = "backtrack"
+    # "reject" (undo a step that more than doubles the loss; lowest losses per evaluation and
+    # per second in benchmarks/results/lbfgs-cpu.md), "backtrack" (Armijo line search), "none"
+    line_search: LineSearch = "reject"
     ema: float = 0.0  # decay of an exponential moving average of the iterates; 0 = off
     max_seconds: float | None = None  # time budget for the loop
     tolerance: float = 0.0  # early stop: best loss improved by less than this fraction ...
