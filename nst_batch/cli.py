@@ -60,6 +60,18 @@ class OptimizerChoice(str, Enum):
     adam = "adam"
 
 
+class LineSearchChoice(str, Enum):
+    reject = "reject"
+    backtrack = "backtrack"
+    none = "none"
+
+
+LINE_SEARCH_HELP = (
+    "L-BFGS safeguard per image: reject (undo a step that more than doubles the loss), "
+    "backtrack (Armijo line search) or none (torch's plain L-BFGS) [reject]."
+)
+
+
 class PoolingChoice(str, Enum):
     max = "max"
     avg = "avg"
@@ -183,6 +195,11 @@ def _report(result: StylizeResult, output: Path) -> None:
         f"and {sidecar_path(output)}",
         soft_wrap=True,
     )
+    if not meta["converged"]:
+        _stderr().print(
+            f"[bold yellow]warning:[/] {output}: the optimization failed: {meta['convergence']}",
+            soft_wrap=True,
+        )
 
 
 def _run_stylize(
@@ -359,6 +376,7 @@ def stylize_command(
         show_default=False,
         help="Also save every N-th iterate beside OUT, same format: out.0050.png (default: off).",
     ),
+    line_search: LineSearchChoice | None = typer.Option(None, help=LINE_SEARCH_HELP),
     sheet: bool = typer.Option(
         False,
         "--sheet",
@@ -439,6 +457,7 @@ def stylize_command(
             "max_seconds": max_seconds,
             "tolerance": tolerance,
             "window": window,
+            "line_search": line_search.value if line_search else None,
             "device": device,
             "weights": weights,
             "pooling": pooling.value if pooling else None,
@@ -682,6 +701,7 @@ def watch_command(
     style_weight: float | None = typer.Option(
         None, help="Default style weight" + _default(f"{_D.loss.style_weight:g}")
     ),
+    line_search: LineSearchChoice | None = typer.Option(None, help=LINE_SEARCH_HELP),
     device: str | None = typer.Option(None, help="auto, cpu or cuda[:N] (default: auto)."),
     weights: str | None = typer.Option(None, help="bundled, torchvision or a weights file."),
     targets_backend: TargetsBackend | None = typer.Option(None, help="torch, onnx or auto."),
@@ -706,6 +726,7 @@ def watch_command(
             "size": size,
             "steps": steps,
             "style_weight": style_weight,
+            "line_search": line_search.value if line_search else None,
             "device": device,
             "weights": weights,
             "targets_backend": targets_backend.value if targets_backend else None,
@@ -869,6 +890,8 @@ def _run_progress(console: Console) -> Iterator[RunCallbacks]:
         def end(o: JobOutcome) -> None:
             counts[o.status] += 1
             reason = f": {o.reason}" if o.reason else ""
+            if o.converged is False:
+                reason = f": warning: the optimization failed: {o.reason}"
             seconds = f" in {o.seconds:.1f}s" if o.seconds is not None else ""
             done = sum(counts.values())
             print(
@@ -906,6 +929,11 @@ def _run_progress(console: Console) -> Iterator[RunCallbacks]:
             bar.update(jobs, advance=1, info=tally())
             if o.status == "failed":
                 bar.console.print(f"[red]line {o.line} failed:[/] {o.reason}", soft_wrap=True)
+            elif o.converged is False:
+                bar.console.print(
+                    f"[bold yellow]warning:[/] line {o.line}: the optimization failed: {o.reason}",
+                    soft_wrap=True,
+                )
 
         yield RunCallbacks(plan=plan_bar, start=start_bar, step=step_bar, end=end_bar)
 
@@ -978,6 +1006,7 @@ def run_command(
     content_weight: float | None = typer.Option(
         None, help="Default weight of content" + _default(f"{_D.loss.content_weight:g}")
     ),
+    line_search: LineSearchChoice | None = typer.Option(None, help=LINE_SEARCH_HELP),
     device: str | None = typer.Option(None, help="auto, cpu or cuda[:N] (default: auto)."),
     weights: str | None = typer.Option(
         None, help="bundled, torchvision or a path (default: bundled)."
@@ -1018,6 +1047,7 @@ def run_command(
             "steps": steps,
             "style_weight": style_weight,
             "content_weight": content_weight,
+            "line_search": line_search.value if line_search else None,
             "device": device,
             "weights": weights,
         }

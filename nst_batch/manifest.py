@@ -145,6 +145,8 @@ class JobOutcome:
     content_loss: float | None = None
     style_loss: float | None = None
     tv_loss: float | None = None
+    # False when the job ran but its result is not better than its start (reason says why)
+    converged: bool | None = None
     device: str = ""
 
 
@@ -636,6 +638,7 @@ def _figures(meta: Mapping[str, Any]) -> dict[str, Any]:
     optimize_seconds = float(meta["optimize_seconds"] or 0.0)
     final = meta["final_loss"]
     return {
+        "converged": bool(meta.get("converged", True)),  # sidecars before 0.2 have no flag
         "iterations": steps,
         "iterations_per_s": round(steps / optimize_seconds, 3) if optimize_seconds > 0 else None,
         "loss": final["total"],
@@ -647,7 +650,9 @@ def _figures(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def outcome_of(planned: PlannedJob, result: StylizeResult, seconds: float) -> JobOutcome:
-    return planned.outcome("done", seconds=round(seconds, 3), **_figures(result.metadata))
+    meta = result.metadata
+    reason = meta.get("convergence", "")  # why an optimization is judged not converged
+    return planned.outcome("done", reason, seconds=round(seconds, 3), **_figures(meta))
 
 
 def skipped_outcome(planned: PlannedJob) -> JobOutcome:

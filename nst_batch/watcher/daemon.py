@@ -26,7 +26,7 @@ from typing import Any
 from nst_batch.errors import ConfigError, NstError
 from nst_batch.images import write_atomic
 from nst_batch.jobs import Job, batch_groups, is_done, job_settings, run_batch, run_job
-from nst_batch.stylize import ModelPool, resolve_device
+from nst_batch.stylize import ModelPool, StylizeResult, resolve_device
 from nst_batch.watcher.config import WatchConfig
 from nst_batch.watcher.inbox import (
     Candidate,
@@ -209,7 +209,7 @@ class _Daemon:
         event(self.log, "started", claimed.name, attempt=attempts, size=job.config.size)
         start = time.monotonic()
         try:
-            run_job(job, self.models, cancel_check=self.check_cancel)
+            result = run_job(job, self.models, cancel_check=self.check_cancel)
         except JobCancelled:
             write_attempts(claimed.folder, attempts - 1, None)  # not the job's fault
             self.give_back(claimed, "shutdown grace period over")
@@ -226,7 +226,9 @@ class _Daemon:
         else:
             self.status.done += 1
             seconds = round(time.monotonic() - start, 3)
-            self.finish(claimed, "done", output=str(job.output), seconds=seconds)
+            self.finish(
+                claimed, "done", output=str(job.output), seconds=seconds, **_verdict(result)
+            )
         finally:
             self.status.current, self.status.state = None, "idle"
 
@@ -247,7 +249,7 @@ class _Daemon:
                 event(self.log, "started", claimed.name, attempt=attempts, batch=len(members))
             start = time.monotonic()
             try:
-                run_batch(batch, self.models, cancel_check=self.check_cancel)
+                results = run_batch(batch, self.models, cancel_check=self.check_cancel)
             except JobCancelled:
                 for claimed, _, attempts in members:
                     write_attempts(claimed.folder, attempts - 1, None)  # not the jobs' fault
@@ -259,9 +261,10 @@ class _Daemon:
                     self.run_one(*member)
             else:
                 seconds = round(time.monotonic() - start, 3)
-                for claimed, job, _ in members:
+                for (claimed, job, _), result in zip(members, results, strict=True):
                     self.status.done += 1
-                    self.finish(claimed, "done", output=str(job.output), seconds=seconds)
+                    output = str(job.output)
+                    self.finish(claimed, "done", output=output, seconds=seconds, **_verdict(result))
             finally:
                 self.status.current, self.status.state = None, "idle"
 
@@ -344,6 +347,15 @@ class _Daemon:
             due = self.settler.next_due()
             self.hint.wait(min(self.config.rescan, due + 0.01) if due else self.config.rescan)
         return 0
+
+
+def _verdict(result: StylizeResult) -> dict[str, Any]:
+    """The "done" event's convergence fields: converged, and the reason when it did not."""
+    meta = result.metadata
+    return {
+        "converged": meta["converged"],
+        **({"warning": meta["convergence"]} if "convergence" in meta else {}),
+    }
 
 
 @contextlib.contextmanager
