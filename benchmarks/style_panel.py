@@ -1,4 +1,4 @@
-"""The default look on a panel of real pairs: old vs new style-layer weights, pictures and distances.
+"""The default look on a panel of real pairs: old vs new style-layer weights, with distances.
 
     python benchmarks/style_panel.py [--size 512] [--photos golden_gate,...] [--paintings ...]
         [--presets equal-layers,default] [--steps N] [--out benchmarks/results]
@@ -43,8 +43,14 @@ THUMB = 256  # long edge of a picture in the sheet
 
 
 def run_pair(
-    photo: str, painting: str, preset: str, size: int, steps: int | None, out_dir: Path,
-    models: ModelPool, fresh: bool,
+    photo: str,
+    painting: str,
+    preset: str,
+    size: int,
+    steps: int | None,
+    out_dir: Path,
+    models: ModelPool,
+    fresh: bool,
 ) -> tuple[Path, float]:
     """Stylize one pair with one preset (or reuse the output); the output and its wall time."""
     output = out_dir / f"{photo}+{painting}+{preset}.jpg"
