@@ -52,7 +52,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from nst_batch.engine.losses import DEFAULT_STYLE_LAYERS, LossConfig, compute_targets, gram
+from nst_batch.engine.losses import PAPER_STYLE_LAYERS, LossConfig, compute_targets, gram
 from nst_batch.engine.vgg import layer_spec
 from nst_batch.errors import ConfigError, ImageError
 from nst_batch.images import open_rgb, resize_long_edge, to_pil, to_tensor
@@ -67,7 +67,7 @@ from nst_batch.stylize import (
 
 ImageInput = Path | str | Tensor | Image.Image  # a file, or an RGB image (1, 3, H, W) in [0, 1]
 
-STYLE_LAYERS: tuple[str, ...] = tuple(name for name, _ in DEFAULT_STYLE_LAYERS)
+STYLE_LAYERS: tuple[str, ...] = tuple(name for name, _ in PAPER_STYLE_LAYERS)
 CONTENT_LAYER = "relu4_2"
 
 

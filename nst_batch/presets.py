@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nst_batch.engine.losses import DEFAULT_STYLE_LAYERS, LossConfig
+from nst_batch.engine.losses import PAPER_STYLE_LAYERS, LossConfig
 from nst_batch.engine.optimize import OptimConfig
 from nst_batch.engine.vgg import Pooling, layer_spec
 from nst_batch.errors import ConfigError
@@ -29,16 +29,25 @@ class Preset:
     pooling: Pooling = "max"
 
 
-_STYLE_RELU_X_1 = tuple(name for name, _ in DEFAULT_STYLE_LAYERS)  # relu1_1 ... relu5_1
+_STYLE_RELU_X_1 = tuple(name for name, _ in PAPER_STYLE_LAYERS)  # relu1_1 ... relu5_1
 
 PRESETS: Mapping[str, Preset] = {
     p.name: p
     for p in (
         Preset(
             "default",
-            "nst-batch's own: relative errors, content relu4_2, style relu1_1..relu5_1 at 0.2 "
-            "each, style weight 10, L2 TV, content init, L-BFGS",
+            "nst-batch's own: relative errors, content relu4_2, style relu1_1..relu5_1 weighted "
+            "256:64:16:4:1 (brushwork and palette without the painting's objects), style "
+            "weight 30, L2 TV, content init, L-BFGS",
             LossConfig(),
+            OptimConfig(),
+        ),
+        Preset(
+            "equal-layers",
+            "the default of nst-batch 0.1: style relu1_1..relu5_1 at 0.2 each, style weight 10; "
+            "bolder large-scale shapes, but copies objects (faces, hands) of paintings that "
+            "have them",
+            LossConfig(style_layers=PAPER_STYLE_LAYERS, style_weight=10.0),
             OptimConfig(),
         ),
         Preset(
@@ -48,6 +57,7 @@ PRESETS: Mapping[str, Preset] = {
             "white-noise init, L-BFGS, no TV",
             LossConfig(
                 normalization="paper",
+                style_layers=PAPER_STYLE_LAYERS,
                 content_weight=1.0,
                 style_weight=1e3,
                 tv_weight=0.0,
@@ -63,6 +73,7 @@ PRESETS: Mapping[str, Preset] = {
             "L-BFGS (weights on nst-batch's relative scale)",
             LossConfig(
                 content_layers=(("relu5_2", 1.0),),
+                style_layers=PAPER_STYLE_LAYERS,
                 content_weight=1.0,
                 style_weight=10.0,
                 tv_weight=1.0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -180,7 +181,14 @@ def test_time_budget_and_early_stop(model, content) -> None:
 
 
 def test_presets_are_frozen_and_listed() -> None:
-    assert set(PRESETS) == {"default", "gatys", "keras-example", "adam", "pastiche"}
+    assert set(PRESETS) == {
+        "default",
+        "equal-layers",
+        "gatys",
+        "keras-example",
+        "adam",
+        "pastiche",
+    }
     gatys = build_config("gatys")
     assert gatys.loss.normalization == "paper" and gatys.model.pooling == "avg"
     assert gatys.init == "noise" and gatys.loss.style_weight / gatys.loss.content_weight == 1e3
@@ -189,6 +197,9 @@ def test_presets_are_frozen_and_listed() -> None:
     adam = build_config("adam")
     assert adam.optim.optimizer == "adam" and adam.loss.tv_kind == "l1"
     assert [w for _, w in adam.loss.style_layers] == [0.75, 0.5, 0.2, 0.2, 0.2]
+    # The paper's recipes keep equal layer weights whatever nst-batch's default is.
+    for name in ("gatys", "keras-example", "equal-layers"):
+        assert [w for _, w in build_config(name).loss.style_layers] == [0.2] * 5
     assert build_config("adam", steps=5).optim.steps == 5  # a flag overrides the preset
     with pytest.raises(AttributeError):
         PRESETS["gatys"].loss.style_weight = 1.0  # type: ignore[misc]
@@ -196,6 +207,18 @@ def test_presets_are_frozen_and_listed() -> None:
     assert result.exit_code == 0
     for name in PRESETS:
         assert name in result.output
+
+
+def test_default_style_layers_favour_texture_over_objects() -> None:
+    """The default weighs relu1_1..relu5_1 256:64:16:4:1 (summing to 1) with style weight 30:
+    deep layers, which copy a painting's objects, get little weight (issue 14)."""
+    loss = build_config().loss
+    names = [n for n, _ in loss.style_layers]
+    weights = [w for _, w in loss.style_layers]
+    assert names == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+    assert sum(weights) == pytest.approx(1.0)
+    assert [a / b for a, b in itertools.pairwise(weights)] == pytest.approx([4.0] * 4)
+    assert loss.style_weight == 30.0
 
 
 def test_pastiche_preset_is_pastiches_objective(weights: Weights, tmp_path: Path) -> None:

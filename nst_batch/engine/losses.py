@@ -32,14 +32,24 @@ from nst_batch.errors import ConfigError
 Normalize = Literal["relative", "mse", "paper"]
 TVKind = Literal["l2", "l1"]
 
-# Paper-style style layers with equal weight (Gatys et al. 2016, Fig. 2 / Sec. 3).
-DEFAULT_STYLE_LAYERS: tuple[tuple[str, float], ...] = (
+# The paper's style layers with equal weight (Gatys et al. 2016, Fig. 2 / Sec. 3).
+PAPER_STYLE_LAYERS: tuple[tuple[str, float], ...] = (
     ("relu1_1", 0.2),
     ("relu2_1", 0.2),
     ("relu3_1", 0.2),
     ("relu4_1", 0.2),
     ("relu5_1", 0.2),
 )
+# nst-batch's default: the same layers weighted 256:64:16:4:1 (crowsonkb's ratio), summing to 1.
+# With equal weights each layer's *relative* Gram error counts as much as any other, and matching
+# relu4_1/relu5_1 (receptive fields of 68 and 156 px) that closely copies object-level structure
+# of the painting into the photo: faces, eyes, hands. Weighting towards the shallow layers keeps
+# the brushwork, palette and shapes without the objects (benchmarks/results/style-panel-*).
+# Paired with style_weight 30 so the shallow layers' texture distance is no worse than before.
+DEFAULT_STYLE_LAYERS: tuple[tuple[str, float], ...] = tuple(
+    (name, w / 341) for (name, _), w in zip(PAPER_STYLE_LAYERS, (256, 64, 16, 4, 1), strict=True)
+)
+DEFAULT_STYLE_WEIGHT = 30.0
 DEFAULT_CONTENT_LAYERS: tuple[tuple[str, float], ...] = (("relu4_2", 1.0),)
 
 
@@ -53,7 +63,7 @@ class LossConfig:
     content_layers: tuple[tuple[str, float], ...] = DEFAULT_CONTENT_LAYERS
     style_layers: tuple[tuple[str, float], ...] = DEFAULT_STYLE_LAYERS
     content_weight: float = 1.0
-    style_weight: float = 1e1
+    style_weight: float = DEFAULT_STYLE_WEIGHT
     tv_weight: float = 1.0
     tv_kind: TVKind = "l2"
     tv_exponent: float = 1.0  # the Keras recipe uses 1.25 on (dx^2 + dy^2)
