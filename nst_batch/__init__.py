@@ -1,6 +1,6 @@
 """nst-batch: batch neural style transfer (Gatys et al.) with real VGG19 weights."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from nst_batch.engine.losses import LossConfig
 from nst_batch.engine.optimize import OptimConfig, Progress

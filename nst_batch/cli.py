@@ -334,7 +334,7 @@ def stylize_command(
         None,
         metavar="LAYERS",
         help="Style layers with weights, e.g. relu1_1:0.2,relu2_1:0.2,relu3_1:0.2"
-        + _default("relu1_1..relu5_1 at 0.2"),
+        + _default(",".join(f"{n}:{w:.3g}" for n, w in _D.loss.style_layers)),
     ),
     init: str | None = typer.Option(
         None,
