@@ -10,7 +10,7 @@ Stylizes every photo x painting of ../shared/images with each preset, then write
   (relu4_1, relu5_1: where object-level structure lives), the content distance
   (``nst_batch.metrics``, fixed equal layer weights, so presets are scored on one scale) and the
   wall time;
-- ``style-panel-<size>.jpg``: one row per pair, content | painting | one column per preset.
+- ``style-panel-<size>.jpg``: one row per pair, one column per preset (outputs only).
 
 Outputs go to ``<out>/style-panel-<size>/`` and are reused when present, so an interrupted panel
 resumes where it stopped (``--fresh`` reruns everything). ``equal-layers`` is nst-batch 0.1's
@@ -63,19 +63,20 @@ def run_pair(
     return output, time.perf_counter() - start
 
 
-def sheet(rows: list[list[Path]], labels: list[str], path: Path) -> None:
-    """A grid of thumbnails: one row per pair, captioned columns."""
-    thumbs = [[resize_long_edge(open_rgb(p), THUMB) for p in row] for row in rows]
-    cell_w = max(t.width for row in thumbs for t in row)
-    cell_h = max(t.height for row in thumbs for t in row)
-    caption = 18
-    grid = Image.new("RGB", (cell_w * len(labels), caption + cell_h * len(rows)), "white")
+def sheet(rows: dict[str, list[Path]], labels: list[str], path: Path) -> None:
+    """A grid of the outputs' thumbnails: one captioned row per pair, one column per preset.
+    The inputs themselves stay out (they are not the project's to copy); rows name them."""
+    thumbs = {pair: [resize_long_edge(open_rgb(p), THUMB) for p in ps] for pair, ps in rows.items()}
+    cell_w = max(t.width for row in thumbs.values() for t in row)
+    cell_h = max(t.height for row in thumbs.values() for t in row)
+    caption = 16
+    grid = Image.new("RGB", (cell_w * len(labels), (caption + cell_h) * len(rows)), "white")
     draw = ImageDraw.Draw(grid)
-    for c, label in enumerate(labels):
-        draw.text((c * cell_w + 4, 3), label, fill="black")
-    for r, row in enumerate(thumbs):
+    for r, (pair, row) in enumerate(thumbs.items()):
+        top = r * (caption + cell_h)
         for c, thumb in enumerate(row):
-            grid.paste(thumb, (c * cell_w, caption + r * cell_h))
+            draw.text((c * cell_w + 4, top + 2), f"{pair}: {labels[c]}", fill="black")
+            grid.paste(thumb, (c * cell_w, top + caption))
     grid.save(path, quality=88)
 
 
@@ -107,16 +108,17 @@ def main() -> None:
         "| photo | painting | preset | style | shallow | deep | content | wall s |",
         "|---|---|---|---|---|---|---|---|",
     )
-    rows, labels = [], ["photo", "painting", *presets]
+    rows: dict[str, list[Path]] = {}
     summary: dict[str, list[tuple[float, float, float]]] = {r: [] for r in presets}
     for photo in photos:
         for painting in paintings:
-            row = [SHARED / f"{photo}.jpg", SHARED / f"{painting}.jpg"]
+            content, style = SHARED / f"{photo}.jpg", SHARED / f"{painting}.jpg"
+            row = rows.setdefault(f"{photo} + {painting}", [])
             for preset in presets:
                 output, wall = run_pair(
                     photo, painting, preset, args.size, args.steps, out_dir, models, args.fresh
                 )
-                s = score(output, row[0], row[1], metrics, models)
+                s = score(output, content, style, metrics, models)
                 shallow = statistics.mean(s.per_layer[n] for n in SHALLOW)
                 deep = statistics.mean(s.per_layer[n] for n in DEEP)
                 summary[preset].append((shallow, deep, s.content))
@@ -125,13 +127,12 @@ def main() -> None:
                     f"{deep:.3f} | {s.content:.3f} | {wall:.0f} |"
                 )
                 row.append(output)
-            rows.append(row)
     report.add("", "| preset | mean shallow | mean deep | mean content |", "|---|---|---|---|")
     for preset, values in summary.items():
         shallow, deep, content = (statistics.mean(v) for v in zip(*values, strict=True))
         report.add(f"| {preset} | {shallow:.3f} | {deep:.3f} | {content:.3f} |")
     report.save(args.out / f"style-panel-{args.size}-cpu.md")
-    sheet(rows, labels, args.out / f"style-panel-{args.size}.jpg")
+    sheet(rows, presets, args.out / f"style-panel-{args.size}.jpg")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ class LineSearchChoice(str, Enum):
 
 LINE_SEARCH_HELP = (
     "L-BFGS safeguard per image: reject (undo a step that more than doubles the loss), "
-    "backtrack (Armijo line search) or none (torch's plain L-BFGS) [reject]."
+    "backtrack (Armijo line search) or none (torch's plain L-BFGS) (default: backtrack)."
 )
 
 

@@ -111,7 +111,10 @@ def test_lower_content_layer_reconstructs_pixels_better(model, content) -> None:
 
 def test_style_only_reconstruction_from_noise(model, content) -> None:
     style = to_tensor(swirl_painting(64, seed=2, strokes=300))
-    config = build_config(size=64, steps=30, scales=1, content_weight=0.0, init="noise")
+    # The paper's equal layer weights: the distance below weighs the layers alike too.
+    config = build_config(
+        "equal-layers", size=64, steps=30, scales=1, content_weight=0.0, init="noise"
+    )
     result = stylize_tensors(content, [style], config, model)
     assert all(p.content == 0.0 for p in result.history)
     noise = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -160,6 +160,6 @@ def test_a_failed_optimization_is_reported(pair: tuple[Path, Path], tmp_path) ->
     report = run_manifest(manifest, ManifestConfig(defaults=defaults))
     (row,) = report.rows
     assert row.status == "done" and row.converged is False and "starting loss" in row.reason
-    data = json.loads((tmp_path / "report.json").read_text())
+    data = json.loads((tmp_path / "jobs.report.json").read_text())
     assert data["jobs"][0]["converged"] is False
-    assert "converged" in (tmp_path / "report.csv").read_text().splitlines()[0]
+    assert "converged" in (tmp_path / "jobs.report.csv").read_text().splitlines()[0]

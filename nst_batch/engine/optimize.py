@@ -45,9 +45,10 @@ class OptimConfig:
     lr: float | None = None  # None: DEFAULT_LR of the optimizer
     history_size: int = 100  # L-BFGS curvature pairs kept
     # L-BFGS safeguard against bad quasi-Newton steps, per image (nst_batch.engine.lbfgs):
-    # "reject" (undo a step that more than doubles the loss; lowest losses per evaluation and
-    # per second in benchmarks/results/lbfgs-cpu.md), "backtrack" (Armijo line search), "none"
-    line_search: LineSearch = "reject"
+    # "backtrack" (Armijo line search; the default: on the default preset it reached 0.05 of the
+    # start where "reject" stalled at 0.99, benchmarks/results/line-search-cpu.md), "reject"
+    # (undo a step that more than doubles the loss; within 2% of it on the pastiche preset), "none"
+    line_search: LineSearch = "backtrack"
     ema: float = 0.0  # decay of an exponential moving average of the iterates; 0 = off
     max_seconds: float | None = None  # time budget for the loop
     tolerance: float = 0.0  # early stop: best loss improved by less than this fraction ...
