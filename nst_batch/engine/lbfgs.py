@@ -88,6 +88,7 @@ REJECT_GROWTH = 2.0  # "reject": a loss more than this times the last accepted o
 MAX_PIXEL_STEP = 1.0  # safeguarded steps move no pixel by more than this (the [0, 1] range)
 MAX_BACKTRACKS = 5  # failed trials in a row before an image's history is reset
 RESTART_GROWTH = 10.0  # a gradient restart that gave no curvature pair: the next is this longer
+MIN_FIRST_PIXEL_STEP = 1 / 255  # safeguarded first steps move the steepest pixel this far
 CURVATURE_COSINE = 1e-8  # safeguarded modes keep a pair when y^T s > this |s| |y|
 
 
@@ -164,8 +165,19 @@ class BatchedLBFGS:
 
     def _first_length(self, g: Tensor) -> Tensor:
         """torch's first step ``min(1, 1 / |g|_1) * lr``: its length does not depend on the
-        loss's scale (a unit ``H_diag`` step does)."""
-        return g.abs().sum(1).reciprocal().clamp(max=1.0) * self.lr
+        loss's scale (a unit ``H_diag`` step does).
+
+        The safeguarded modes make it at least long enough to move the steepest pixel by
+        ``MIN_FIRST_PIXEL_STEP`` (one grey level): torch's step spreads a total change of 1 over
+        all N pixels, about 1e-4 of a grey level per pixel at 512 px, which no 8-bit output shows
+        and which bfloat16 convolutions cannot resolve; the loss then looks flat or rising, the
+        Armijo test fails and backtracking only shortens it (the default preset stayed at its
+        start for 6 steps at 128 px in bf16; in fp32 it moved)."""
+        t = g.abs().sum(1).reciprocal().clamp(max=1.0) * self.lr
+        if self.line_search == "none":
+            return t
+        visible = MIN_FIRST_PIXEL_STEP / g.abs().amax(1).clamp_min(1e-30) * self.lr
+        return torch.maximum(t, visible)
 
     def _anchor(self, where: Tensor, x: Tensor, f: Tensor, g: Tensor) -> None:
         """Make the current iterate the anchor of the images in ``where`` (B,) bool."""
