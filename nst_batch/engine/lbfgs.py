@@ -41,7 +41,7 @@ Storing the projected step fixes 2. The safeguards fix 1 and any later bad step,
   loss at or below ``"backtrack"``'s in all 9 cases of ``benchmarks/results/lbfgs-cpu.md`` (by up
   to 2%: Armijo also turns back small increases that L-BFGS recovers from by itself). But it lets
   through every step that less than doubles the loss, and on the default preset (relu1_1-heavy
-  Gram terms, quartic in the pixels) such steps kept one pair at 0.995 of its start after 30 steps
+  Gram terms, quartic in the pixels) such steps kept one pair at 0.79 of its start after 30 steps
   where ``"backtrack"`` reached 0.052 (``benchmarks/results/line-search-cpu.md``), which is why
   :class:`~nst_batch.engine.optimize.OptimConfig`'s default is ``"backtrack"``.
 

