@@ -48,12 +48,16 @@ def content() -> torch.Tensor:
     return to_tensor(content_picture(64, 64))
 
 
-def style_distance(model, image: torch.Tensor, style: torch.Tensor) -> float:
-    """Mean relative Gram error over relu1_1..relu5_1 (style taken at its own size)."""
+def style_distance(
+    model, image: torch.Tensor, style: torch.Tensor, weighted: bool = False
+) -> float:
+    """Mean relative Gram error over relu1_1..relu5_1 (style taken at its own size); with
+    ``weighted``, weighted as the default objective weighs them (what a default run optimizes)."""
     with torch.no_grad():
         fx, fs = model(image), model(style)
-    names = [n for n, _ in LOSS.style_layers]
-    return sum(style_loss(gram(fx[n]), gram(fs[n])).item() for n in names) / len(names)
+    layers = [(n, w if weighted else 1.0) for n, w in LOSS.style_layers]
+    total = sum(w * style_loss(gram(fx[n]), gram(fs[n])).item() for n, w in layers)
+    return total / sum(w for _, w in layers)
 
 
 def run(model, content, styles, **overrides) -> torch.Tensor:
@@ -66,8 +70,8 @@ def test_style_blend_weights_pull_towards_each_style(model, content) -> None:
     b = to_tensor(stripes(64, 8, ((230, 40, 30), (250, 230, 60))))
     mostly_a = run(model, content, [a, b], style_blend=(0.9, 0.1))
     mostly_b = run(model, content, [a, b], style_blend=(0.1, 0.9))
-    assert style_distance(model, mostly_a, a) < style_distance(model, mostly_b, a)
-    assert style_distance(model, mostly_b, b) < style_distance(model, mostly_a, b)
+    for x, y, style in ((mostly_a, mostly_b, a), (mostly_b, mostly_a, b)):
+        assert style_distance(model, x, style, True) < style_distance(model, y, style, True)
 
 
 def test_style_scale_sets_the_size_of_the_style_features(model, content) -> None:
