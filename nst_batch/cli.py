@@ -333,8 +333,8 @@ def stylize_command(
     style_layers: str | None = typer.Option(
         None,
         metavar="LAYERS",
-        help="Style layers with weights, e.g. relu1_1:0.2,relu2_1:0.2,relu3_1:0.2"
-        + _default(",".join(f"{n}:{w:.3g}" for n, w in _D.loss.style_layers)),
+        help="Style layers with weights, e.g. relu1_1:0.5,relu3_1:0.5"
+        + _default("relu1_1..relu5_1 weighted 256:64:16:4:1"),
     ),
     init: str | None = typer.Option(
         None,
