@@ -50,8 +50,10 @@ import torch
 from benchmarks.report import Report, cpu_name
 from nst_batch import __version__
 from nst_batch.images import open_rgb, resize_long_edge
+from nst_batch.jobs.run import stylize
 from nst_batch.metrics import MetricsConfig, Scores, score
-from nst_batch.stylize import ModelPool, build_config, stylize
+from nst_batch.params import build_config
+from nst_batch.pool import ModelPool
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "images"

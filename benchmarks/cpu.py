@@ -21,11 +21,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import Report, benchmark_pictures
+from nst_batch.config import StylizeConfig
 from nst_batch.engine.losses import LossConfig
+from nst_batch.engine.model import ModelConfig, load_model
 from nst_batch.engine.optimize import OptimConfig
 from nst_batch.engine.weights import BUNDLED, load_weights
 from nst_batch.images import resize_long_edge, to_tensor
-from nst_batch.stylize import ModelConfig, StylizeConfig, load_model, stylize_tensors
+from nst_batch.transfer import stylize_tensors
 
 
 def inputs(size: int) -> tuple[torch.Tensor, torch.Tensor, str]:

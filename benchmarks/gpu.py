@@ -4,7 +4,7 @@
         [--batches 1,4,16] [--graphs on,off] [--warmup 25] [--iters 100] [--big 2048]
         [--profile 512] [--device cuda] [--out benchmarks/results/gpu-h100.md]
 
-Each row runs the real loop (:func:`nst_batch.stylize.stylize_batch_tensors`: default objective,
+Each row runs the real loop (:func:`nst_batch.transfer.stylize_batch_tensors`: default objective,
 L-BFGS, bundled weights, one scale) on a square content and style from ../shared/images (the
 built-in demo pictures when absent), B jobs at once. The loop reads losses back every ``warmup``
 steps; the rate is taken between the first read (after warm-up and graph capture) and the last.
@@ -27,9 +27,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import Report, benchmark_pictures, cpu_name
+from nst_batch.engine.model import load_model
 from nst_batch.engine.vgg import iteration_flops
 from nst_batch.images import to_tensor
-from nst_batch.stylize import build_config, load_model, stylize_batch_tensors
+from nst_batch.params import build_config
+from nst_batch.transfer import stylize_batch_tensors
 
 # Dense peak TFLOP/s by precision (NVIDIA data sheets; no sparsity). fp32 is the CUDA-core rate.
 PEAKS: dict[str, dict[str, float]] = {

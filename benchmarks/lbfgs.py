@@ -45,10 +45,13 @@ import torch
 
 from benchmarks.compare_pastiche import DEFAULT_PAIRS, SHARED, Inputs, pastiche_artist
 from benchmarks.report import Report, cpu_name
+from nst_batch.config import StylizeConfig
 from nst_batch.engine.losses import LossTerms, compute_targets, objective_weights, weighted_terms
+from nst_batch.engine.model import load_model
 from nst_batch.engine.optimize import Progress
 from nst_batch.images import open_rgb, resize_long_edge, to_tensor
-from nst_batch.stylize import StylizeConfig, build_config, load_model, resize_to, stylize_tensors
+from nst_batch.params import build_config
+from nst_batch.transfer import resize_to, stylize_tensors
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "lbfgs-cpu.md"

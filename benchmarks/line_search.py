@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.report import SHARED, Report, benchmark_pictures, cpu_name
+from nst_batch.engine.model import load_model
 from nst_batch.images import open_rgb, resize_long_edge, to_tensor
-from nst_batch.stylize import build_config, load_model, stylize_tensors
+from nst_batch.params import build_config
+from nst_batch.transfer import stylize_tensors
 
 REPO = Path(__file__).resolve().parents[1]
 SAFEGUARDS = ("reject", "backtrack")

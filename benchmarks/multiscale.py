@@ -21,8 +21,10 @@ import torch
 from benchmarks.cpu import inputs
 from benchmarks.report import Report
 from nst_batch.engine.losses import LossConfig
+from nst_batch.engine.model import ModelConfig, load_model
 from nst_batch.engine.optimize import Progress
-from nst_batch.stylize import ModelConfig, build_config, load_model, stylize_tensors
+from nst_batch.params import build_config
+from nst_batch.transfer import stylize_tensors
 
 
 def run(

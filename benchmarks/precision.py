@@ -21,9 +21,11 @@ import torch
 from benchmarks.report import SHARED, Report, cpu_name
 from nst_batch.engine.graphs import native_bf16
 from nst_batch.engine.losses import compute_targets, objective
+from nst_batch.engine.model import load_model
 from nst_batch.images import open_rgb, resize_long_edge, to_tensor
 from nst_batch.metrics import score
-from nst_batch.stylize import build_config, load_model, stylize_tensors
+from nst_batch.params import build_config
+from nst_batch.transfer import stylize_tensors
 
 
 def main() -> None:

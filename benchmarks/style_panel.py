@@ -32,7 +32,7 @@ from benchmarks.report import SHARED, Report, cpu_name
 from nst_batch import build_config, stylize
 from nst_batch.images import open_rgb, resize_long_edge
 from nst_batch.metrics import MetricsConfig, score
-from nst_batch.stylize import ModelPool
+from nst_batch.pool import ModelPool
 
 PHOTOS = ("golden_gate", "tubingen", "hoovertowernight")
 PAINTINGS = ("woman-with-hat-matisse", "the_scream", "starry_night", "shipwreck")

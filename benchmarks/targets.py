@@ -22,8 +22,8 @@ import torch
 
 from benchmarks.report import Report, cpu_name
 from nst_batch.engine.losses import LossConfig
+from nst_batch.engine.model import ModelConfig, load_model
 from nst_batch.export import ExportConfig, OnnxFeatures, SessionConfig, export_onnx
-from nst_batch.stylize import ModelConfig, load_model
 
 
 def main() -> None:

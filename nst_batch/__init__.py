@@ -1,20 +1,14 @@
 """nst-batch: batch neural style transfer (Gatys et al.) with real VGG19 weights."""
 
-__version__ = "0.2.0"
-
+from nst_batch.config import OutputConfig, StylizeConfig
 from nst_batch.engine.losses import LossConfig
+from nst_batch.engine.model import ModelConfig
 from nst_batch.engine.optimize import OptimConfig, Progress
 from nst_batch.errors import ConfigError, ImageError, ManifestError, NstError, WeightsError
+from nst_batch.jobs.run import StylizeResult, stylize
 from nst_batch.manifest import ManifestConfig, Report, RunCallbacks, Shard, run_manifest
-from nst_batch.presets import PRESETS
-from nst_batch.stylize import (
-    ModelConfig,
-    OutputConfig,
-    StylizeConfig,
-    StylizeResult,
-    build_config,
-    stylize,
-)
+from nst_batch.params import PRESETS, build_config
+from nst_batch.version import __version__
 
 __all__ = [
     "PRESETS",

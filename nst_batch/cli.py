@@ -24,19 +24,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from nst_batch import __version__
+from nst_batch.config import OutputConfig, StylizeConfig
+from nst_batch.engine.model import ModelConfig
 from nst_batch.engine.optimize import Progress as Step
 from nst_batch.errors import ConfigError, NstError
 from nst_batch.export.model import DEFAULT_LAYERS as DEFAULT_EXPORT_LAYERS
-from nst_batch.presets import PRESETS, parse_floats, parse_layers
-from nst_batch.stylize import (
-    ModelConfig,
-    OutputConfig,
-    StylizeConfig,
-    StylizeResult,
-    build_config,
-    sidecar_path,
-)
+from nst_batch.jobs.run import StylizeResult
+from nst_batch.jobs.sidecar import sidecar_path
+from nst_batch.params import PRESETS, build_config, parse_floats, parse_layers
+from nst_batch.version import __version__
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -210,7 +206,8 @@ def _run_stylize(
     outputs: OutputConfig | None = None,
     check_onnx: Path | None = None,
 ) -> None:
-    from nst_batch.stylize import ModelPool, stylize
+    from nst_batch.jobs.run import stylize
+    from nst_batch.pool import ModelPool
 
     try:
         models = ModelPool(check_onnx)
@@ -505,9 +502,9 @@ def features_command(
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
 ) -> None:
     """Draw the feature maps of chosen VGG19 layers for IMAGE, one row per layer."""
+    from nst_batch.engine.model import load_model, resolve_device
     from nst_batch.features import feature_grid
     from nst_batch.images import check_output_path, load_image, save_pil
-    from nst_batch.stylize import load_model, resolve_device
 
     try:
         names = tuple(name for name, _ in parse_layers(layers))
@@ -714,8 +711,9 @@ def watch_command(
 ) -> None:
     """Watch INBOX: each dropped pair (NAME.content.EXT + NAME.style.EXT) or job folder becomes
     OUTBOX/NAME.png; inputs move to done/ or failed/ (with NAME.error.json)."""
-    from nst_batch.jobs import job_settings
-    from nst_batch.stylize import ModelPool, resolve_device
+    from nst_batch.engine.model import resolve_device
+    from nst_batch.params import configs_from_params as job_settings
+    from nst_batch.pool import ModelPool
     from nst_batch.watcher import logs
     from nst_batch.watcher.config import make_config
     from nst_batch.watcher.daemon import watch
@@ -1037,6 +1035,7 @@ def run_command(
     """Run every job of MANIFEST: validated up front, resumable, shardable; writes a report."""
     import os
 
+    from nst_batch.distributed import run_on_ray
     from nst_batch.errors import ManifestError
     from nst_batch.manifest import ManifestConfig, run_manifest, shard_from_env
 
@@ -1060,7 +1059,6 @@ def run_command(
             batch_size=batch_size,
             check_onnx=check_onnx,
             report_dir=report_dir,
-            ray=ray or ray_address is not None,
             ray_address=ray_address,
         )
     except ConfigError as err:
@@ -1068,7 +1066,8 @@ def run_command(
     console = _stderr()
     try:
         with _sigterm_as_ctrl_c(), _run_progress(console) as callbacks:
-            report = run_manifest(manifest, config, None if dry_run else callbacks)
+            runner = run_on_ray if ray or ray_address is not None else None
+            report = run_manifest(manifest, config, None if dry_run else callbacks, runner)
     except ManifestError as err:
         raise _fail(str(err), 2) from None
     except NstError as err:

@@ -1,6 +1,6 @@
 """Manifest jobs over a pool of Ray actors (``nst-batch run MANIFEST --ray [ADDRESS]``).
 
-Each actor holds its own :class:`~nst_batch.stylize.ModelPool`, so the weights load once per actor,
+Each actor holds its own :class:`~nst_batch.pool.ModelPool`, so the weights load once per actor,
 and runs jobs through the same :func:`nst_batch.manifest.execute` as a local run: a failing job
 comes back as a "failed" outcome, never as an exception that would stop the run. An actor that
 dies (its process killed, say) fails only the job it held and is replaced. Paths in the manifest
@@ -15,7 +15,7 @@ from typing import Any
 
 from nst_batch.errors import ConfigError
 from nst_batch.manifest import JobEvents, JobOutcome, ManifestConfig, PlannedJob, execute
-from nst_batch.stylize import ModelPool
+from nst_batch.pool import ModelPool
 
 
 class _Worker:

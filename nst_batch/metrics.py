@@ -52,18 +52,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from nst_batch.config import check_style_settings, style_long_edge
 from nst_batch.engine.losses import PAPER_STYLE_LAYERS, LossConfig, compute_targets, gram
+from nst_batch.engine.model import ModelConfig, resolve_device
 from nst_batch.engine.vgg import layer_spec
 from nst_batch.errors import ConfigError, ImageError
 from nst_batch.images import open_rgb, resize_long_edge, to_pil, to_tensor
-from nst_batch.stylize import (
-    ModelConfig,
-    ModelPool,
-    check_style_settings,
-    resize_to,
-    resolve_device,
-    style_long_edge,
-)
+from nst_batch.pool import ModelPool
+from nst_batch.transfer import resize_to
 
 ImageInput = Path | str | Tensor | Image.Image  # a file, or an RGB image (1, 3, H, W) in [0, 1]
 

@@ -10,21 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from nst_batch.config import StylizeConfig
 from nst_batch.demo import swirl_painting
 from nst_batch.engine.graphs import Replay, features_at, native_bf16, resolve_precision
 from nst_batch.engine.lbfgs import BatchedLBFGS
+from nst_batch.engine.model import ModelConfig
 from nst_batch.engine.optimize import OptimConfig
 from nst_batch.errors import ConfigError
 from nst_batch.images import to_tensor
-from nst_batch.jobs import Job, run_batch, run_job
-from nst_batch.stylize import (
-    ModelConfig,
-    ModelPool,
-    StylizeConfig,
-    build_config,
-    stylize_batch_tensors,
-    stylize_tensors,
-)
+from nst_batch.jobs.inputs import Job
+from nst_batch.jobs.run import run_batch, run_job
+from nst_batch.params import build_config
+from nst_batch.pool import ModelPool
+from nst_batch.transfer import stylize_batch_tensors, stylize_tensors
 from tests.conftest import content_picture, make_model
 
 SIZE = 48

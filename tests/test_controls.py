@@ -20,8 +20,8 @@ from nst_batch.engine.optimize import OptimConfig, Progress, optimize
 from nst_batch.engine.weights import Weights
 from nst_batch.errors import ConfigError
 from nst_batch.images import load_image, to_tensor
-from nst_batch.presets import PRESETS, parse_layers
-from nst_batch.stylize import MIN_LEVEL_STEPS, build_config, resize_to, stylize_tensors
+from nst_batch.params import PRESETS, build_config, parse_layers
+from nst_batch.transfer import MIN_LEVEL_STEPS, resize_to, stylize_tensors
 from tests.conftest import content_picture, make_model
 
 LOSS = LossConfig()

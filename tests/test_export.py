@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from nst_batch.cli import app
+from nst_batch.engine.model import ModelConfig
 from nst_batch.errors import OnnxError, ParityError
 from nst_batch.export import (
     DEFAULT_LAYERS,
@@ -25,7 +26,9 @@ from nst_batch.export import (
     read_info,
     verify,
 )
-from nst_batch.stylize import ModelConfig, ModelPool, build_config, stylize_tensors
+from nst_batch.params import build_config
+from nst_batch.pool import ModelPool
+from nst_batch.transfer import stylize_tensors
 from tests.conftest import content_picture
 
 runner = CliRunner()

@@ -19,12 +19,12 @@ from typer.testing import CliRunner
 import nst_batch.images as images_module
 from nst_batch import ManifestConfig, run_manifest
 from nst_batch.cli import app
+from nst_batch.engine.model import resolve_device
 from nst_batch.engine.weights import BUNDLED, load_weights
 from nst_batch.errors import ConfigError, ImageError
 from nst_batch.export import ExportConfig, export_onnx
 from nst_batch.images import open_rgb, write_atomic
-from nst_batch.jobs import job_settings
-from nst_batch.stylize import build_config, resolve_device
+from nst_batch.params import build_config, configs_from_params
 from nst_batch.watcher.config import WatchConfig
 from nst_batch.watcher.inbox import Claimed
 from nst_batch.watcher.intake import build_job
@@ -32,7 +32,7 @@ from tests.conftest import content_picture
 from tests.test_watcher import drop_pair, names, run_once
 
 runner = CliRunner()
-stylize_module = importlib.import_module("nst_batch.stylize")  # the package exports stylize()
+stylize_module = importlib.import_module("nst_batch.jobs.run")  # where the jobs call the loop
 FAST = ["--size", "32", "--steps", "2", "--optimizer", "adam", "--targets-backend", "torch"]
 
 
@@ -231,7 +231,7 @@ def test_all_weights_zero_and_missing_devices_are_config_errors(
     out = tmp_path / "o.png"
     assert "nothing to optimize" in one_error_line(invoke("stylize", *pair, "-o", out, *zero))
     with pytest.raises(ConfigError, match="nothing to optimize"):
-        job_settings({"content_weight": 0, "style_weight": "0", "tv_weight": 0})
+        configs_from_params({"content_weight": 0, "style_weight": "0", "tv_weight": 0})
     with pytest.raises(ConfigError, match="unknown device 'tpu'"):
         build_config(device="tpu")
     if not torch.backends.mps.is_available():
@@ -278,10 +278,10 @@ def test_save_every_must_not_be_negative(pair: tuple[Path, Path], tmp_path: Path
     result = invoke("stylize", *pair, "-o", tmp_path / "o.png", *FAST, "--save-every", -3)
     assert "save_every must not be negative (0 = off), not -3" in one_error_line(result)
     with pytest.raises(ConfigError, match="save_every must not be negative"):
-        job_settings({"save_every": -3})
+        configs_from_params({"save_every": -3})
 
 
 def test_init_random_is_noise() -> None:
     assert build_config(init="random").init == "noise"
-    assert job_settings({"init": "random"})[0].init == "noise"
+    assert configs_from_params({"init": "random"})[0].init == "noise"
     assert build_config(init="image").init == "content"

@@ -8,13 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from nst_batch.engine.model import ModelConfig
 from nst_batch.errors import ConfigError
-from nst_batch.jobs import Job, is_done, job_settings, parameter_names, run_job
-from nst_batch.stylize import ModelConfig, ModelPool, build_config, parameter_hash
+from nst_batch.jobs.inputs import Job, is_done
+from nst_batch.jobs.run import run_job
+from nst_batch.jobs.sidecar import parameter_hash
+from nst_batch.params import build_config, configs_from_params, parameter_names
+from nst_batch.pool import ModelPool
 
 
 def test_csv_strings_become_typed_settings() -> None:
-    config, outputs = job_settings(
+    config, outputs = configs_from_params(
         {
             "steps": "20",
             "style_layers": "relu1_1:0.5,relu2_1",
@@ -32,7 +36,7 @@ def test_csv_strings_become_typed_settings() -> None:
 
 
 def test_json_values_and_defaults_merge() -> None:
-    config, _ = job_settings(
+    config, _ = configs_from_params(
         {"style_layers": [["relu1_1", 0.5], "relu3_1"], "scales": None, "size": 128},
         defaults={"steps": 7, "size": 256},
     )
@@ -57,7 +61,7 @@ def test_json_values_and_defaults_merge() -> None:
 )
 def test_bad_parameters_name_the_field(params: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        job_settings(params)
+        configs_from_params(params)
 
 
 def test_every_parameter_name_is_accepted() -> None:

@@ -19,10 +19,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import nst_batch.manifest as manifest_module
+import nst_batch.jobs.run as jobs_module
+import nst_batch.manifest.run as manifest_module
 from nst_batch import ManifestConfig, RunCallbacks, Shard, run_manifest
 from nst_batch.cli import app
 from nst_batch.demo import swirl_painting
+from nst_batch.distributed import run_on_ray
 from nst_batch.errors import ConfigError, ManifestError
 from nst_batch.manifest import plan_manifest, shard_from_env
 from tests.conftest import content_picture
@@ -368,14 +370,14 @@ def test_interrupt_writes_the_report_and_exits_130(
     images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manifest = write_csv(tmp_path / "jobs.csv", rows(3))
-    run_job = manifest_module.run_job
+    run_job = jobs_module.run_job
 
     def interrupt_second(job: Any, *args: Any) -> Any:
         if job.output.name == "1.png":
             raise KeyboardInterrupt
         return run_job(job, *args)
 
-    monkeypatch.setattr(manifest_module, "run_job", interrupt_second)
+    monkeypatch.setattr(jobs_module, "run_job", interrupt_second)
     result = invoke("run", manifest, *FAST_FLAGS)
     assert result.exit_code == 130, result.output
     data = json.loads((tmp_path / "jobs.report.json").read_text())
@@ -401,9 +403,8 @@ def test_ray_actors_run_jobs_and_catch_errors_per_job(images: Path, tmp_path: Pa
         runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
     )
     try:
-        report = run_manifest(
-            manifest, ManifestConfig(defaults=FAST, ray=True), RunCallbacks(plan=corrupt)
-        )
+        config = ManifestConfig(defaults=FAST)
+        report = run_manifest(manifest, config, RunCallbacks(plan=corrupt), run_on_ray)
     finally:
         ray.shutdown()
     assert [r.status for r in report.rows] == ["done", "failed", "done"]

@@ -22,7 +22,9 @@ from nst_batch.metrics import (
     score,
     style_distance,
 )
-from nst_batch.stylize import ModelPool, build_config, stylize_tensors
+from nst_batch.params import build_config
+from nst_batch.pool import ModelPool
+from nst_batch.transfer import stylize_tensors
 from tests.conftest import content_picture
 
 CPU = MetricsConfig(device="cpu")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nst_batch.config import StylizeConfig
 from nst_batch.demo import swirl_painting
 from nst_batch.engine.losses import LossConfig, compute_targets, gram, objective, style_loss
+from nst_batch.engine.model import ModelConfig
 from nst_batch.engine.optimize import OptimConfig, Progress
 from nst_batch.engine.weights import Weights
 from nst_batch.images import to_tensor
-from nst_batch.stylize import ModelConfig, StylizeConfig, stylize_tensors
+from nst_batch.transfer import stylize_tensors
 from tests.conftest import content_picture, make_model
 
 LOSS = LossConfig()

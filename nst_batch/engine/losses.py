@@ -14,7 +14,7 @@ torchvision weights. ``style_weight / content_weight`` is the trade-off the pape
 ``beta / alpha``. Per-layer weights multiply their layer's term as given (the defaults sum to 1
 in each group, so ``style_weight`` is the weight of the average style layer sum).
 ``normalization="mse"`` gives plain mean squared errors and ``"paper"`` the exact formulas of the
-paper (eq. 1 and 4), for recipes that were tuned that way (see :mod:`nst_batch.presets`).
+paper (eq. 1 and 4), for recipes that were tuned that way (see :mod:`nst_batch.params`).
 """
 
 from __future__ import annotations

@@ -154,6 +154,109 @@ def judge(losses: Sequence[float], starts: Sequence[float]) -> tuple[str, ...]:
     )
 
 
+class _Iterates:
+    """The loop's device-side state. Every tensor is allocated once, before the loop: a CUDA
+    graph of :meth:`evaluate` replays into these same buffers."""
+
+    def __init__(self, init: Tensor, loss_fn: Callable[[Tensor], LossTerms], ema: float) -> None:
+        x = init.detach().clone().clamp_(0, 1).contiguous().requires_grad_(True)
+        self.x = x  # (B, 3, H, W), the optimized pixels
+        self.b = x.shape[0]
+        self.loss_fn, self.ema = loss_fn, ema
+        self.best_image = x.detach().clone()
+        self.current = x.detach().clone()  # the latest evaluated iterate, as reported
+        self.average = x.detach().clone() if ema else None
+        self.best_loss = torch.full((self.b,), float("inf"), device=x.device, dtype=x.dtype)
+        # The best iterate's four terms, so the parts of a final loss all come from one image.
+        self.best_terms = torch.zeros(4, self.b, device=x.device, dtype=x.dtype)  # (4, B)
+        self.start_loss = torch.zeros_like(self.best_loss)  # each image's first loss
+        x.grad = torch.zeros_like(x)
+        self.adam: torch.optim.Adam | None = None
+
+    def evaluate(self) -> Tensor:
+        """Project, evaluate, keep the best; Adam also steps. Returns (4, B) terms."""
+        x = self.x
+        with torch.no_grad():
+            x.clamp_(0, 1)
+            self.current.copy_(x)
+            if self.average is not None:
+                self.average.lerp_(self.current, 1 - self.ema)
+        terms = self.loss_fn(x)
+        (grad,) = torch.autograd.grad(terms.total.sum(), x)
+        with torch.no_grad():
+            values = torch.stack([terms.total, terms.content, terms.style, terms.tv])
+            values = values.reshape(4, self.b).to(self.best_loss.dtype)
+            better = values[0] < self.best_loss
+            self.best_loss.copy_(torch.where(better, values[0], self.best_loss))
+            self.best_terms.copy_(torch.where(better, values, self.best_terms))
+            self.best_image.copy_(
+                torch.where(better[:, None, None, None], self.current, self.best_image)
+            )
+            assert x.grad is not None
+            x.grad.copy_(grad)
+        if self.adam is not None:
+            self.adam.step()
+        return values
+
+    def final(self, evaluated: bool) -> tuple[Tensor, list[Terms]]:
+        """The image to return and its per-image terms (none when nothing was evaluated)."""
+        image, terms = self.best_image, self.best_terms
+        if self.average is not None and evaluated:
+            with torch.no_grad():
+                t = self.loss_fn(self.average)
+                image = self.average
+                terms = torch.stack([t.total, t.content, t.style, t.tv]).reshape(4, self.b)
+        rows: list[Terms] = [tuple(c) for c in terms.T.tolist()] if evaluated else []
+        return image, rows
+
+
+class _Reader:
+    """Host-side bookkeeping: losses read back in bulk (every ``sync_every`` steps), turned into
+    :class:`Progress` records, and the best-so-far curve the early stop looks at."""
+
+    def __init__(self, steps: int, b: int, callback: Callable[[Progress], None] | None) -> None:
+        self.steps, self.callback = steps, callback
+        self.history: list[Progress] = []
+        self.pending: list[tuple[Tensor, float]] = []  # (4, B) terms not yet read, with times
+        self.best_so_far: list[float] = []  # best loss after each step
+        self.running_best = [float("inf")] * b
+        self.start = time.perf_counter()
+
+    def read(self, step: int, current: Tensor) -> float:
+        """Read the pending steps (the one host sync), report them; seconds since the start."""
+        rows = torch.stack([v for v, _ in self.pending]).tolist()
+        now = time.perf_counter()
+        for i, (row, (_, issued)) in enumerate(zip(rows, self.pending, strict=True)):
+            last = i == len(rows) - 1
+            jobs = tuple(zip(*row, strict=True))  # B x (total, content, style, tv)
+            self.running_best = [min(r, j[0]) for r, j in zip(self.running_best, jobs, strict=True)]
+            self.best_so_far.append(sum(self.running_best))
+            p = Progress(
+                step - len(rows) + 1 + i,
+                self.steps,
+                *map(sum, row),
+                elapsed=(now if last else issued) - self.start,
+                image=current if last else None,
+                jobs=jobs,
+            )
+            self.history.append(p)
+            if self.callback is not None:
+                self.callback(p)
+        self.pending.clear()
+        return now - self.start
+
+    def stop(self, config: OptimConfig, step: int, elapsed: float, min_steps: int) -> StopReason:
+        """Why to stop after this read, or "steps" to go on."""
+        budget = config.max_seconds
+        if budget is not None and elapsed >= budget and step >= min_steps:
+            return "time"
+        if config.tolerance and step > config.window:
+            before, best = self.best_so_far[-1 - config.window], self.best_so_far[-1]
+            if before - best < config.tolerance * abs(before):
+                return "converged"
+        return "steps"
+
+
 def optimize(
     init: Tensor,
     loss_fn: Callable[[Tensor], LossTerms],
@@ -174,52 +277,17 @@ def optimize(
     loop and propagates (how a daemon cancels a job within one step). The time budget stops the
     loop only after ``min_steps`` steps.
     """
-    x = init.detach().clone().clamp_(0, 1).contiguous().requires_grad_(True)
-    b = x.shape[0]
-    best_image = x.detach().clone()
-    current = x.detach().clone()  # the latest evaluated iterate, as reported in Progress
-    average = x.detach().clone() if config.ema else None
-    best_loss = torch.full((b,), float("inf"), device=x.device, dtype=x.dtype)
-    # The best iterate's four terms, so the parts of a final loss all come from one image.
-    best_terms = torch.zeros(4, b, device=x.device, dtype=x.dtype)
-    start_loss = torch.zeros_like(best_loss)  # each image's first evaluated loss
-    x.grad = torch.zeros_like(x)
-    adam = None
+    state = _Iterates(init, loss_fn, config.ema)
+    x = state.x
     if config.optimizer == "adam":
         # capturable: the step count lives on the device, so the whole step can be a graph.
-        adam = torch.optim.Adam([x], lr=config.step_size, capturable=x.is_cuda)
+        state.adam = torch.optim.Adam([x], lr=config.step_size, capturable=x.is_cuda)
     lbfgs = None
     if config.optimizer == "lbfgs":
         lbfgs = BatchedLBFGS(x.detach(), config.step_size, config.history_size, config.line_search)
-
-    def evaluate() -> Tensor:
-        """Project, evaluate, keep the best; Adam also steps. Returns (4, B) terms."""
-        with torch.no_grad():
-            x.clamp_(0, 1)
-            current.copy_(x)
-            if average is not None:
-                average.lerp_(current, 1 - config.ema)
-        terms = loss_fn(x)
-        (grad,) = torch.autograd.grad(terms.total.sum(), x)
-        with torch.no_grad():
-            values = torch.stack([terms.total, terms.content, terms.style, terms.tv])
-            values = values.reshape(4, b).to(best_loss.dtype)
-            better = values[0] < best_loss
-            best_loss.copy_(torch.where(better, values[0], best_loss))
-            best_terms.copy_(torch.where(better, values, best_terms))
-            best_image.copy_(torch.where(better[:, None, None, None], current, best_image))
-            x.grad.copy_(grad)
-        if adam is not None:
-            adam.step()
-        return values
-
-    run = Replay(evaluate, x.device, enabled=graphs)
+    run = Replay(state.evaluate, x.device, enabled=graphs)
     sync_every = config.sync_every or (CUDA_SYNC_EVERY if x.is_cuda else 1)
-    history: list[Progress] = []
-    pending: list[tuple[Tensor, float]] = []  # (4, B) terms not yet read, with their times
-    best_so_far: list[float] = []  # best loss after each step, for the convergence window
-    running_best = [float("inf")] * b
-    start = time.perf_counter()
+    reader = _Reader(config.steps, state.b, callback)
     reason: StopReason = "steps"
     try:
         for step in range(1, config.steps + 1):
@@ -227,59 +295,28 @@ def optimize(
                 cancel_check()
             values = run()
             if step == 1:
-                start_loss.copy_(values[0])  # on the device: read once, after the loop
+                state.start_loss.copy_(values[0])  # on the device: read once, after the loop
             if lbfgs is not None:
+                assert x.grad is not None
                 lbfgs.step(x.grad, values[0])
             # After capture every replay refreshes the same tensor: keep a copy (on the device).
-            pending.append((values.clone() if run.captured else values, time.perf_counter()))
+            reader.pending.append((values.clone() if run.captured else values, time.perf_counter()))
             if step % sync_every and step != config.steps:
                 continue
-            rows = torch.stack([v for v, _ in pending]).tolist()  # the one host read
-            now = time.perf_counter()
-            for i, (row, (_, issued)) in enumerate(zip(rows, pending, strict=True)):
-                last = i == len(rows) - 1
-                jobs = tuple(zip(*row, strict=True))  # B x (total, content, style, tv)
-                running_best = [min(r, j[0]) for r, j in zip(running_best, jobs, strict=True)]
-                best_so_far.append(sum(running_best))
-                n = step - len(rows) + 1 + i
-                p = Progress(
-                    n,
-                    config.steps,
-                    *map(sum, row),
-                    elapsed=(now if last else issued) - start,
-                    image=current if last else None,
-                    jobs=jobs,
-                )
-                history.append(p)
-                if callback is not None:
-                    callback(p)
-            pending.clear()
-            elapsed = now - start
-            budget = config.max_seconds
-            if budget is not None and elapsed >= budget and step >= min_steps:
-                reason = "time"
+            reason = reader.stop(config, step, reader.read(step, state.current), min_steps)
+            if reason != "steps":
                 break
-            if config.tolerance and step > config.window:
-                before, best = best_so_far[-1 - config.window], best_so_far[-1]
-                if before - best < config.tolerance * abs(before):
-                    reason = "converged"
-                    break
     except KeyboardInterrupt:
         reason = "interrupted"
-    image, terms = best_image, best_terms
-    if average is not None and history:
-        with torch.no_grad():
-            t = loss_fn(average)
-            image = average
-            terms = torch.stack([t.total, t.content, t.style, t.tv]).reshape(4, b)
-    rows: list[Terms] = [tuple(column) for column in terms.T.tolist()] if history else []
-    losses = [row[0] for row in rows] if history else best_loss.tolist()
-    starts = start_loss.tolist() if history else []
+    history = reader.history
+    image, rows = state.final(bool(history))
+    losses = [row[0] for row in rows] if history else state.best_loss.tolist()
+    starts = state.start_loss.tolist() if history else []
     return OptimizeResult(
         image=image,
         loss=float(sum(losses)),
         steps=len(history),
-        elapsed=time.perf_counter() - start,
+        elapsed=time.perf_counter() - reader.start,
         stop_reason=reason,
         history=history,
         losses=tuple(losses),

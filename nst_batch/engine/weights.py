@@ -69,6 +69,8 @@ class WeightsSource:
 
 BUNDLED = WeightsSource("bundled", CAFFE_NORMALIZATION)
 TORCHVISION = WeightsSource("torchvision", IMAGENET_NORMALIZATION)
+# The sources a name selects (any other ``--weights`` value is a file path).
+NAMED_SOURCES = {source.name: source for source in (BUNDLED, TORCHVISION)}
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,12 @@ class Weights:
 
 def resolve_source(spec: str | Path) -> WeightsSource:
     """``"bundled"``, ``"torchvision"`` or a path to a torchvision-layout file."""
-    if spec in ("bundled", "torchvision"):
-        return BUNDLED if spec == "bundled" else TORCHVISION
+    if isinstance(spec, str) and spec in NAMED_SOURCES:
+        return NAMED_SOURCES[spec]
     path = Path(spec).expanduser()
     if path.suffix not in (".pth", ".pt", ".safetensors"):
         raise WeightsError(
-            f"weights {str(spec)!r}: expected 'bundled', 'torchvision' or a path to a "
+            f"weights {str(spec)!r}: expected {', '.join(map(repr, NAMED_SOURCES))} or a path to a "
             ".pth/.pt/.safetensors file"
         )
     return WeightsSource("file", IMAGENET_NORMALIZATION, path)

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nst_batch import __version__
+from nst_batch.engine.model import ModelConfig, load_model
 from nst_batch.engine.vgg import LAYER_INDEX, Pooling, VGG19Features, layer_spec
 from nst_batch.errors import ConfigError, OnnxError
 from nst_batch.images import new_file_mode
+from nst_batch.version import __version__
 
 INPUT_NAME = "image"
 DEFAULT_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1", "relu4_2")
@@ -120,8 +121,6 @@ def export_onnx(output: Path, config: ExportConfig) -> ExportInfo:
     crash never leaves a model that points at missing or partial weights.
     """
     import onnx
-
-    from nst_batch.stylize import ModelConfig, load_model
 
     output = Path(output)
     if output.suffix != ".onnx":

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nst_batch.demo import swirl_painting
+from nst_batch.engine.model import ModelConfig, load_model
 from nst_batch.errors import ConfigError, OnnxError, ParityError
 from nst_batch.export.model import (
     ExportInfo,
@@ -26,6 +28,7 @@ from nst_batch.export.model import (
     read_info,
     resolve_provider,
 )
+from nst_batch.images import open_rgb, to_tensor
 
 Precision = Literal["auto", "fp32", "fp16"]
 
@@ -120,8 +123,6 @@ def probe_inputs(
 ) -> tuple[list[str], Tensor]:
     """The inputs at one size as a batch (N, 3, H, W): uniform noise, a generated painting, and
     any given pictures, each resized to exactly ``size``."""
-    from nst_batch.demo import swirl_painting
-    from nst_batch.images import open_rgb, to_tensor
 
     w, h = size
     noise = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
@@ -159,7 +160,6 @@ def verify(
     path: Path, config: VerifyConfig, progress: Callable[[str], None] | None = None
 ) -> VerifyReport:
     """Run the export in ONNX Runtime and the torch engine (CPU, fp32) on the same inputs."""
-    from nst_batch.stylize import ModelConfig, load_model
 
     path = Path(path)
     info = read_info(path)

@@ -16,17 +16,19 @@ import os
 import signal
 import threading
 import time
-import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from nst_batch.engine.model import resolve_device
 from nst_batch.errors import ConfigError, NstError
 from nst_batch.images import write_atomic
-from nst_batch.jobs import Job, batch_groups, is_done, job_settings, run_batch, run_job
-from nst_batch.stylize import ModelPool, StylizeResult, resolve_device
+from nst_batch.jobs.inputs import Job, is_done
+from nst_batch.jobs.run import BatchHooks, Cancelled, JobEnd, run_batched
+from nst_batch.params import configs_from_params
+from nst_batch.pool import ModelPool
 from nst_batch.watcher.config import WatchConfig
 from nst_batch.watcher.inbox import (
     Candidate,
@@ -57,11 +59,6 @@ from nst_batch.watcher.status import (
 EXIT_OBSERVER_DIED = 2
 
 
-class JobCancelled(Exception):
-    """Raised by the cancel check (before every optimizer step) to stop a job at shutdown;
-    run_job then writes nothing."""
-
-
 @dataclass
 class _Daemon:
     config: WatchConfig
@@ -87,7 +84,7 @@ class _Daemon:
 
     def check_cancel(self) -> None:
         if self.cancel_at is not None and time.monotonic() >= self.cancel_at:
-            raise JobCancelled
+            raise Cancelled
 
     def beat(self) -> None:
         try:
@@ -200,78 +197,72 @@ class _Daemon:
             return None
         return job, attempts
 
-    def run_one(self, claimed: Claimed, job: Job, attempts: int) -> None:
-        if self.stopping.is_set():
-            write_attempts(claimed.folder, attempts - 1, None)
-            self.give_back(claimed, "shutting down")
-            return
-        self.status.current, self.status.state = claimed.name, "working"
-        event(self.log, "started", claimed.name, attempt=attempts, size=job.config.size)
-        start = time.monotonic()
+    def run_group(self, group: list[tuple[Claimed, Job, int]]) -> None:
+        """Run jobs of one output size through the batch runner: with ``--batch-size`` > 1,
+        jobs that can share a batch are optimized as one; a batch that fails is rerun job by
+        job, so a bad job is still isolated and filed alone."""
+        entries = {id(job): (claimed, attempts) for claimed, job, attempts in group}
+
+        def start(jobs: Sequence[Job]) -> None:
+            names = [entries[id(job)][0].name for job in jobs]
+            self.status.current, self.status.state = ", ".join(names), "working"
+            for job in jobs:
+                claimed, attempts = entries[id(job)]
+                extra = {"batch": len(jobs)} if len(jobs) > 1 else {"size": job.config.size}
+                event(self.log, "started", claimed.name, attempt=attempts, **extra)
+
+        def batch_failed(jobs: Sequence[Job], reason: str) -> None:
+            names = ", ".join(entries[id(job)][0].name for job in jobs)
+            event(self.log, "error", names, reason=f"batch failed: {reason}")
+
+        def end(job_end: JobEnd) -> None:
+            claimed, attempts = entries[id(job_end.job)]
+            self.file(claimed, attempts, job_end)
+            self.status.current, self.status.state = None, "idle"
+
+        hooks = BatchHooks(
+            start=start,
+            end=end,
+            batch_failed=batch_failed,
+            cancel_check=self.check_cancel,
+            may_start=lambda: not self.stopping.is_set(),
+        )
         try:
-            result = run_job(job, self.models, cancel_check=self.check_cancel)
-        except JobCancelled:
-            write_attempts(claimed.folder, attempts - 1, None)  # not the job's fault
-            self.give_back(claimed, "shutdown grace period over")
-        except NstError as err:
-            self.fail(claimed, str(err), attempts)
-        except Exception as err:  # a crashing job must not stop the daemon
-            reason = f"{type(err).__name__}: {err}"
-            if attempts >= self.config.max_attempts:
-                self.fail(claimed, reason, attempts, traceback.format_exc(limit=8))
-            else:
-                self.status.last_error = f"{claimed.name}: {reason}"
-                write_attempts(claimed.folder, attempts, reason)
-                self.give_back(claimed, f"will retry after {reason}")
-        else:
-            self.status.done += 1
-            seconds = round(time.monotonic() - start, 3)
-            self.finish(
-                claimed, "done", output=str(job.output), seconds=seconds, **_verdict(result)
-            )
+            run_batched([job for _, job, _ in group], self.models, self.config.batch_size, hooks)
         finally:
             self.status.current, self.status.state = None, "idle"
 
-    def run_group(self, group: list[tuple[Claimed, Job, int]]) -> None:
-        """Run jobs of one output size. With ``--batch-size`` > 1, jobs that can share a batch
-        (same settings but weights/styles/init, same content shape) are optimized as one; a
-        batch that fails is rerun job by job, so a bad job is still isolated and filed alone."""
-        entries = {id(job): (claimed, job, attempts) for claimed, job, attempts in group}
-        for batch in batch_groups([job for _, job, _ in group], self.config.batch_size):
-            members = [entries[id(job)] for job in batch]
-            if len(members) == 1 or self.stopping.is_set():
-                for member in members:
-                    self.run_one(*member)
-                continue
-            names = [claimed.name for claimed, _, _ in members]
-            self.status.current, self.status.state = ", ".join(names), "working"
-            for claimed, _, attempts in members:
-                event(self.log, "started", claimed.name, attempt=attempts, batch=len(members))
-            start = time.monotonic()
-            try:
-                results = run_batch(batch, self.models, cancel_check=self.check_cancel)
-            except JobCancelled:
-                for claimed, _, attempts in members:
-                    write_attempts(claimed.folder, attempts - 1, None)  # not the jobs' fault
-                    self.give_back(claimed, "shutdown grace period over")
-            except Exception as err:  # find the culprit: each job alone
-                reason = f"{type(err).__name__}: {err}"
-                event(self.log, "error", ", ".join(names), reason=f"batch failed: {reason}")
-                for member in members:
-                    self.run_one(*member)
-            else:
-                seconds = round(time.monotonic() - start, 3)
-                for (claimed, job, _), result in zip(members, results, strict=True):
-                    self.status.done += 1
-                    output = str(job.output)
-                    self.finish(claimed, "done", output=output, seconds=seconds, **_verdict(result))
-            finally:
-                self.status.current, self.status.state = None, "idle"
+    def file(self, claimed: Claimed, attempts: int, end: JobEnd) -> None:
+        """File a job by how it ended: done, failed, given back for a retry, or given back
+        untouched (shutdown: not the job's fault, so the attempt does not count)."""
+        if end.status == "done":
+            assert end.result is not None
+            self.status.done += 1
+            sidecar = end.result.sidecar
+            verdict = {} if sidecar.converged else {"warning": sidecar.convergence}
+            self.finish(
+                claimed,
+                "done",
+                output=str(end.job.output),
+                seconds=round(end.seconds, 3),
+                converged=sidecar.converged,
+                **verdict,
+            )
+        elif end.status in ("cancelled", "not started"):
+            write_attempts(claimed.folder, attempts - 1, None)
+            reason = "shutdown grace period over" if end.status == "cancelled" else end.reason
+            self.give_back(claimed, reason)
+        elif end.job_fault or attempts >= self.config.max_attempts:
+            self.fail(claimed, end.reason, attempts, end.trace)
+        else:
+            self.status.last_error = f"{claimed.name}: {end.reason}"
+            write_attempts(claimed.folder, attempts, end.reason)
+            self.give_back(claimed, f"will retry after {end.reason}")
 
     def preload(self) -> None:
         """Load (and with ``--check-onnx``, check) the default model now, not on the first job:
         a broken setup refuses to start instead of failing every job."""
-        config, _ = job_settings({}, self.config.default_params())
+        config, _ = configs_from_params({}, self.config.default_params())
         self.models.get(config.model, config.loss.layers, resolve_device(config.model.device))
 
     # -- the loop -----------------------------------------------------------------------------
@@ -347,15 +338,6 @@ class _Daemon:
             due = self.settler.next_due()
             self.hint.wait(min(self.config.rescan, due + 0.01) if due else self.config.rescan)
         return 0
-
-
-def _verdict(result: StylizeResult) -> dict[str, Any]:
-    """The "done" event's convergence fields: converged, and the reason when it did not."""
-    meta = result.metadata
-    return {
-        "converged": meta["converged"],
-        **({"warning": meta["convergence"]} if "convergence" in meta else {}),
-    }
 
 
 @contextlib.contextmanager

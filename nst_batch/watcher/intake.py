@@ -11,7 +11,8 @@ from typing import Any
 
 from nst_batch.errors import ConfigError, ImageError
 from nst_batch.images import open_rgb
-from nst_batch.jobs import Job, job_settings
+from nst_batch.jobs.inputs import Job
+from nst_batch.params import configs_from_params
 from nst_batch.watcher.config import WatchConfig
 from nst_batch.watcher.inbox import FOLDER_PART, PARAMS, Claimed
 
@@ -94,7 +95,7 @@ def build_job(claimed: Claimed, config: WatchConfig) -> Job:
     except PermissionError as err:
         raise ImageError(f"job folder not readable ({err.strerror})") from None
     params = _safe_paths(_params(folder), folder)
-    stylize_config, outputs = job_settings(params, config.default_params())
+    stylize_config, outputs = configs_from_params(params, config.default_params())
     for path in (content, style):  # after the settings: they may raise the pixel limit
         _check_image(path, config.max_edge, stylize_config.max_pixels)
     if stylize_config.size > config.max_edge:

@@ -1,19 +1,25 @@
-"""Named recipes from the classic write-ups, each a frozen config, and flat parameter overrides.
+"""Presets and the flat parameter table: how a config is built from names and ``KEY=VALUE``s.
 
-``nst-batch presets`` lists them. A preset fixes the objective, the optimizer, the init and the
-pooling; any parameter given on the command line (or in a manifest row, or to
-:func:`build_config`) overrides the preset's value.
+A preset (``nst-batch presets`` lists them) fixes the objective, the optimizer, the init and the
+pooling. Any flat parameter (:func:`parameter_names`: a field of the nested configs, named
+without its path: ``steps`` reaches ``StylizeConfig.optim.steps``) given on the command line, in a
+manifest row, in a watch job's ``NAME.json`` or to :func:`build_config` overrides the preset's
+value. :func:`configs_from_params` turns CSV strings and JSON values into typed configs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nst_batch.config import OutputConfig, StylizeConfig
 from nst_batch.engine.losses import PAPER_STYLE_LAYERS, LossConfig
+from nst_batch.engine.model import ModelConfig
 from nst_batch.engine.optimize import OptimConfig
 from nst_batch.engine.vgg import Pooling, layer_spec
 from nst_batch.errors import ConfigError
@@ -30,7 +36,6 @@ class Preset:
 
 
 _STYLE_RELU_X_1 = tuple(name for name, _ in PAPER_STYLE_LAYERS)  # relu1_1 ... relu5_1
-
 PRESETS: Mapping[str, Preset] = {
     p.name: p
     for p in (
@@ -124,6 +129,18 @@ def get_preset(name: str) -> Preset:
         raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}") from None
 
 
+def build_config(preset: str = "default", **overrides: Any) -> StylizeConfig:
+    """A preset's config with flat overrides (``steps=100, style_weight=30, pooling="avg"``).
+
+    ``None`` values are ignored, so callers can pass every option they parsed.
+    """
+    p = get_preset(preset)
+    base = StylizeConfig(
+        preset=p.name, init=p.init, model=ModelConfig(pooling=p.pooling), loss=p.loss, optim=p.optim
+    )
+    return override(base, {k: v for k, v in overrides.items() if v is not None})
+
+
 def parse_layers(text: str, default_weight: float = 1.0) -> tuple[tuple[str, float], ...]:
     """``"relu1_1:0.2,relu2_1"`` -> ``(("relu1_1", 0.2), ("relu2_1", default_weight))``."""
     layers: list[tuple[str, float]] = []
@@ -193,3 +210,102 @@ def unknown_names(unknown: Iterable[str], known: Iterable[str], what: str = "par
         close = difflib.get_close_matches(name, known, n=1)
         parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
     return f"unknown {what}(s) {', '.join(parts)}; known: {', '.join(known)}"
+
+
+# --- the flat parameter table ---
+
+
+OUTPUT_KEYS = frozenset(f.name for f in dataclasses.fields(OutputConfig))
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def _field_types() -> dict[str, Any]:
+    """Flat parameter name -> its annotated type, across the nested stylize configs."""
+    types_: dict[str, Any] = {}
+    for cls in (StylizeConfig, ModelConfig, LossConfig, OptimConfig, OutputConfig):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if not dataclasses.is_dataclass(hints[f.name]):
+                types_[f.name] = hints[f.name]
+    return types_
+
+
+def parameter_names() -> list[str]:
+    """Every flat parameter a manifest row, a ``NAME.json`` or ``build_config`` accepts."""
+    return sorted(_field_types())
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    """Turn a CSV string or JSON value into the field's type; ConfigError naming the field."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+        inner = [a for a in args if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        return _coerce(name, value, inner[0])
+    if name in ("content_layers", "style_layers"):
+        if isinstance(value, str):
+            return parse_layers(value)
+        try:  # JSON: ["relu4_2", ["relu1_1", 0.2], ...]
+            return tuple(
+                (item, 1.0) if isinstance(item, str) else (str(item[0]), float(item[1]))
+                for item in value
+            )
+        except (TypeError, ValueError, IndexError):
+            raise ConfigError(
+                f"{name}: expected 'relu1_1:0.2,...' or a list, not {value!r}"
+            ) from None
+    if typing.get_origin(kind) is tuple:  # tuple[float, ...]
+        if isinstance(value, str):
+            return parse_floats(value)
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            return tuple(float(v) for v in value)
+        raise ConfigError(f"{name}: expected numbers like 0.7,0.3, not {value!r}")
+    if typing.get_origin(kind) is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{name}: expected one of {', '.join(args)}, not {value!r}")
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{name}: expected true or false, not {value!r}")
+    if kind in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, not {value!r}")
+        try:
+            number = float(value) if isinstance(value, str) else value
+            if not isinstance(number, (int, float)):
+                raise TypeError
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, not {value!r}") from None
+        if kind is int:
+            if number != int(number):
+                raise ConfigError(f"{name}: expected a whole number, not {value!r}")
+            return int(number)
+        return float(number)
+    if kind is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{name}: expected text, not {value!r}")
+        return str(value)
+    raise ConfigError(f"{name}: unsupported value {value!r}")  # pragma: no cover
+
+
+def configs_from_params(
+    params: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> tuple[StylizeConfig, OutputConfig]:
+    """Configs from flat parameters (a row's values over ``defaults``); bad names or values raise
+    ConfigError. Empty CSV cells and ``None`` mean "not set"."""
+    merged = {**(defaults or {}), **{k: v for k, v in params.items() if v not in (None, "")}}
+    preset = str(merged.pop("preset", "default"))
+    kinds = _field_types()
+    unknown = set(merged) - set(kinds)
+    if unknown:
+        raise ConfigError(unknown_names(unknown, [*parameter_names(), "preset"]))
+    values = {k: _coerce(k, v, kinds[k]) for k, v in merged.items()}
+    outputs = OutputConfig(**{k: v for k, v in values.items() if k in OUTPUT_KEYS})
+    config = build_config(preset, **{k: v for k, v in values.items() if k not in OUTPUT_KEYS})
+    return config, outputs

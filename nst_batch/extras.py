@@ -5,16 +5,13 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from nst_batch.config import StylizeConfig
 from nst_batch.engine.optimize import Progress
 from nst_batch.images import save_image, save_pil, to_pil, write_atomic
-
-if TYPE_CHECKING:
-    from nst_batch.stylize import StylizeConfig
 
 GAP = 8  # pixels between panels
 
