@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from nst_batch.engine.losses import LossConfig
 from nst_batch.engine.model import ModelConfig
@@ -19,6 +21,7 @@ from nst_batch.engine.optimize import OptimConfig
 from nst_batch.engine.vgg import LAYER_INDEX, LAYERS
 from nst_batch.errors import ConfigError
 from nst_batch.images import resized_shape
+from nst_batch.validation import Note, check_fields, check_value
 
 AUTO_SCALES_FROM = 384  # outputs at least this large are optimized coarse to fine by default
 SMALLEST_SCALE = 128  # the coarsest scale's long edge is at least this
@@ -27,9 +30,15 @@ INIT_KEYWORDS = ("content", "noise")  # the init images that are not files
 INIT_ALIASES = {"random": "noise", "image": "content"}
 
 
+StyleScale = Annotated[float, Field(ge=0.05, le=8)]
+
+
 def check_style_settings(style_scale: float, style_blend: tuple[float, ...] | None) -> None:
-    if not 0.05 <= style_scale <= 8:
-        raise ConfigError(f"style_scale must be between 0.05 and 8, not {style_scale}")
+    check_value("style_scale", style_scale, StyleScale)
+    check_style_blend(style_blend)
+
+
+def check_style_blend(style_blend: tuple[float, ...] | None) -> None:
     if style_blend is None:
         return
     if not style_blend or min(style_blend) < 0:
@@ -45,31 +54,27 @@ def style_long_edge(style_scale: float, long_edge: int) -> int:
 
 @dataclass(frozen=True)
 class StylizeConfig:
-    size: int = 512  # long edge of the output, in pixels
+    # long edge of the output, in pixels
+    size: Annotated[int, Field(ge=16, le=8192), Note("pixels")] = 512
     init: str = "content"  # "content", "noise" or a path to an image
-    seed: int = 0
+    seed: int = 0  # random seed (the noise init)
     preset: str = "default"  # the recipe these settings started from (for the record)
     style_blend: tuple[float, ...] | None = None  # one weight per style image; None = equal
-    style_scale: float = 1.0  # style image long edge, relative to the output's (at each scale)
+    style_scale: StyleScale = 1.0  # style image long edge, relative to the output's (at each scale)
     preserve_colors: bool = False  # keep the output's luminance with the content's chroma
-    scales: int | None = None  # coarse-to-fine pyramid levels; None = auto (on from 384 px)
-    scale_steps: int | None = None  # iterations at each coarser scale; None = half of steps
+    # coarse-to-fine pyramid levels; None = auto (on from 384 px)
+    scales: Annotated[int, Field(ge=1, le=6)] | None = None
+    # iterations at each coarser scale; None = half of steps
+    scale_steps: Annotated[int, Field(ge=1)] | None = None
     # refuse input images with more pixels (decompression bombs); None = Pillow's limit (89.5 MP)
-    max_pixels: int | None = None
+    max_pixels: Annotated[int, Field(ge=1)] | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self) -> None:
-        if not 16 <= self.size <= 8192:
-            raise ConfigError(f"size must be between 16 and 8192 pixels, not {self.size}")
-        check_style_settings(self.style_scale, self.style_blend)
-        if self.scales is not None and not 1 <= self.scales <= 6:
-            raise ConfigError(f"scales must be between 1 and 6, not {self.scales}")
-        if self.scale_steps is not None and self.scale_steps < 1:
-            raise ConfigError(f"scale_steps must be at least 1, not {self.scale_steps}")
-        if self.max_pixels is not None and self.max_pixels < 1:
-            raise ConfigError(f"max_pixels must be at least 1, not {self.max_pixels}")
+        check_fields(self)  # types, ranges (Field), choices (Literal): ConfigError naming the field
+        check_style_blend(self.style_blend)
         if not self.init.strip():
             raise ConfigError("init must be content, noise or an image path, not empty")
         if self.init in INIT_ALIASES:  # canonical name, so hashes and sidecars agree
@@ -100,12 +105,12 @@ class StylizeConfig:
 class OutputConfig:
     """What a job writes besides the image and its sidecar."""
 
-    save_every: int = 0  # also save the iterate every N steps as OUT.<step>.EXT; 0 = never
+    # also save the iterate every N steps as OUT.<step>.EXT; 0 = never
+    save_every: Annotated[int, Field(ge=0), Note("(0 = off)")] = 0
     sheet: bool = False  # OUT.sheet.png (content | styles | result) and OUT.loss.png
 
     def __post_init__(self) -> None:
-        if self.save_every < 0:
-            raise ConfigError(f"save_every must not be negative (0 = off), not {self.save_every}")
+        check_fields(self)
 
 
 def batch_key(config: StylizeConfig) -> tuple[Any, ...]:

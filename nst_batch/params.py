@@ -4,25 +4,40 @@ A preset (``nst-batch presets`` lists them) fixes the objective, the optimizer, 
 pooling. Any flat parameter (:func:`parameter_names`: a field of the nested configs, named
 without its path: ``steps`` reaches ``StylizeConfig.optim.steps``) given on the command line, in a
 manifest row, in a watch job's ``NAME.json`` or to :func:`build_config` overrides the preset's
-value. :func:`configs_from_params` turns CSV strings and JSON values into typed configs.
+value. :func:`configs_from_params` turns CSV strings and JSON values into typed configs: pydantic
+validates them against the config fields' annotations (ranges declared there as ``Field(ge=1)``,
+:mod:`nst_batch.validation`), after parsing the text forms (``relu1_1:0.2,relu2_1``, ``0.7,0.3``,
+``yes``/``no``, ``none``). :func:`row_schema` is the JSON Schema of a manifest row / ``NAME.json``.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
-import types
-import typing
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+from pydantic.json_schema import WithJsonSchema
 
 from nst_batch.config import OutputConfig, StylizeConfig
 from nst_batch.engine.losses import PAPER_STYLE_LAYERS, LossConfig
 from nst_batch.engine.model import ModelConfig
 from nst_batch.engine.optimize import OptimConfig
-from nst_batch.engine.vgg import Pooling, layer_spec
+from nst_batch.engine.vgg import LAYER_NAMES, Pooling, layer_spec
 from nst_batch.errors import ConfigError
+from nst_batch.validation import (
+    config_error,
+    field_annotations,
+    field_comments,
+    lax_parser,
+    optional_of,
+    shared,
+    unwrap,
+)
 
 
 @dataclass(frozen=True)
@@ -216,82 +231,132 @@ def unknown_names(unknown: Iterable[str], known: Iterable[str], what: str = "par
 
 
 OUTPUT_KEYS = frozenset(f.name for f in dataclasses.fields(OutputConfig))
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+_CONFIGS = (StylizeConfig, ModelConfig, LossConfig, OptimConfig, OutputConfig)
+_LayerList = tuple[tuple[str, float], ...]
+_LAYER = r"\s*(?:conv|relu|pool)\d(?:_\d)?"
+_NUMBER = r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*"
+_LAYER_SCHEMA = {"type": "string", "enum": list(LAYER_NAMES)}  # "$defs/layer" in the row schema
 
 
-def _field_types() -> dict[str, Any]:
-    """Flat parameter name -> its annotated type, across the nested stylize configs."""
-    types_: dict[str, Any] = {}
-    for cls in (StylizeConfig, ModelConfig, LossConfig, OptimConfig, OutputConfig):
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if not dataclasses.is_dataclass(hints[f.name]):
-                types_[f.name] = hints[f.name]
-    return types_
+@functools.cache
+def _table() -> dict[str, tuple[Any, str]]:
+    """Flat parameter name -> (its config field's annotation with range metadata, description)."""
+    table: dict[str, tuple[Any, str]] = {}
+    for cls in _CONFIGS:
+        comments = field_comments(cls)
+        for name, annotation in field_annotations(cls).items():
+            table[name] = (annotation, comments.get(name) or name.replace("_", " "))
+    return table
 
 
 def parameter_names() -> list[str]:
     """Every flat parameter a manifest row, a ``NAME.json`` or ``build_config`` accepts."""
-    return sorted(_field_types())
+    return sorted(_table())
 
 
-def _coerce(name: str, value: Any, kind: Any) -> Any:
-    """Turn a CSV string or JSON value into the field's type; ConfigError naming the field."""
-    args = typing.get_args(kind)
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
-        inner = [a for a in args if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
-            return None
-        return _coerce(name, value, inner[0])
-    if name in ("content_layers", "style_layers"):
-        if isinstance(value, str):
-            return parse_layers(value)
-        try:  # JSON: ["relu4_2", ["relu1_1", 0.2], ...]
-            return tuple(
-                (item, 1.0) if isinstance(item, str) else (str(item[0]), float(item[1]))
-                for item in value
-            )
-        except (TypeError, ValueError, IndexError):
-            raise ConfigError(
-                f"{name}: expected 'relu1_1:0.2,...' or a list, not {value!r}"
-            ) from None
-    if typing.get_origin(kind) is tuple:  # tuple[float, ...]
-        if isinstance(value, str):
-            return parse_floats(value)
-        if isinstance(value, (list, tuple)) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-        ):
-            return tuple(float(v) for v in value)
-        raise ConfigError(f"{name}: expected numbers like 0.7,0.3, not {value!r}")
-    if typing.get_origin(kind) is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{name}: expected one of {', '.join(args)}, not {value!r}")
-        return value
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ConfigError(f"{name}: expected true or false, not {value!r}")
-    if kind in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}: expected a number, not {value!r}")
+# CSV cells and JSON values -> what the config fields take; pydantic then checks types and ranges.
+
+
+def _layer_list(value: Any) -> Any:
+    """``"relu1_1:0.2,relu2_1"`` or JSON ``["relu4_2", ["relu1_1", 0.2]]`` -> (layer, weight)s."""
+    if isinstance(value, str):
         try:
-            number = float(value) if isinstance(value, str) else value
-            if not isinstance(number, (int, float)):
-                raise TypeError
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected a number, not {value!r}") from None
-        if kind is int:
-            if number != int(number):
-                raise ConfigError(f"{name}: expected a whole number, not {value!r}")
-            return int(number)
-        return float(number)
-    if kind is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{name}: expected text, not {value!r}")
-        return str(value)
-    raise ConfigError(f"{name}: unsupported value {value!r}")  # pragma: no cover
+            return parse_layers(value)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(item, str)
+        or (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str))
+        for item in value
+    ):
+        layers = tuple((item, 1.0) if isinstance(item, str) else tuple(item) for item in value)
+        for name, _ in layers:
+            layer_spec(name)  # ValueError: an unknown layer
+        return layers
+    raise ValueError(f"expected 'relu1_1:0.2,...' or a list, not {value!r}")
+
+
+def _numbers(value: Any) -> Any:
+    """``"0.7,0.3"`` or JSON ``[0.7, 0.3]`` -> ``(0.7, 0.3)``."""
+    if isinstance(value, str):
+        try:
+            return parse_floats(value)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        return tuple(value)
+    raise ValueError(f"expected numbers like 0.7,0.3, not {value!r}")
+
+
+def _json_schema(annotation: Any) -> Any | None:
+    """The JSON Schema of a parameter whose text form pydantic cannot derive from its type."""
+    kind = optional_of(annotation) or unwrap(annotation)
+    if kind == _LayerList:
+        weight = {"type": "number", "minimum": 0}
+        pair = {"type": "array", "prefixItems": [_LAYER_SCHEMA, weight], "minItems": 2}
+        pair |= {"maxItems": 2}
+        return {
+            "anyOf": [
+                {
+                    "type": "string",
+                    "pattern": rf"^{_LAYER}(:{_NUMBER})?(,{_LAYER}(:{_NUMBER})?)*\s*$",
+                    "description": "layers with optional weights: relu1_1:0.2,relu2_1",
+                },
+                {"type": "array", "items": {"anyOf": [_LAYER_SCHEMA, pair]}},
+            ]
+        }
+    if kind == tuple[float, ...]:  # style_blend: optional
+        return {
+            "anyOf": [
+                {"type": "string", "pattern": rf"^{_NUMBER}(,{_NUMBER})*$"},
+                {"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 1},
+                {"type": "null"},
+            ]
+        }
+    return None
+
+
+def _row_field(name: str, default: Any) -> tuple[Any, Any]:
+    annotation, description = _table()[name]
+    parse = lax_parser(annotation, {_LayerList: _layer_list, tuple[float, ...]: _numbers})
+    metadata: list[Any] = [BeforeValidator(parse)]
+    schema = _json_schema(annotation)
+    if schema is not None:
+        metadata.append(WithJsonSchema(schema))
+    return Annotated[(annotation, *metadata)], Field(default, description=description)
+
+
+@functools.cache
+def _parameters_model() -> type[BaseModel]:
+    """The flat parameters (but ``preset``) as one pydantic model, defaults from the default
+    preset: what validates them and what their JSON Schema is made from."""
+    config = build_config()
+    defaults = {**_flat_values(config), **_flat_values(OutputConfig())}
+    fields = {name: _row_field(name, defaults[name]) for name in parameter_names()}
+    del fields["preset"]  # configs_from_params looks it up; the row schema lists the names
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "Parameters", __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields
+    )
+
+
+def _flat_values(config: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        values |= _flat_values(value) if dataclasses.is_dataclass(value) else {f.name: value}
+    return values
+
+
+def parse_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat parameters as CSV strings or JSON values -> the typed values the configs take. Only
+    the given names come back; a bad value is a ConfigError naming the field (all bad fields)."""
+    try:
+        parsed = _parameters_model().model_validate(dict(params))
+    except ValidationError as err:
+        raise config_error(err, {name: kind for name, (kind, _) in _table().items()}) from None
+    return {name: getattr(parsed, name) for name in params}
 
 
 def configs_from_params(
@@ -301,11 +366,57 @@ def configs_from_params(
     ConfigError. Empty CSV cells and ``None`` mean "not set"."""
     merged = {**(defaults or {}), **{k: v for k, v in params.items() if v not in (None, "")}}
     preset = str(merged.pop("preset", "default"))
-    kinds = _field_types()
-    unknown = set(merged) - set(kinds)
+    unknown = set(merged) - set(_table())
     if unknown:
-        raise ConfigError(unknown_names(unknown, [*parameter_names(), "preset"]))
-    values = {k: _coerce(k, v, kinds[k]) for k, v in merged.items()}
+        raise ConfigError(unknown_names(unknown, {*parameter_names(), "preset"}))
+    values = parse_parameters(merged)
     outputs = OutputConfig(**{k: v for k, v in values.items() if k in OUTPUT_KEYS})
     config = build_config(preset, **{k: v for k, v in values.items() if k not in OUTPUT_KEYS})
     return config, outputs
+
+
+ROW_SCHEMA_KEYS: dict[str, tuple[Any, str]] = {  # the non-parameter keys of a manifest row
+    "content": (str, "the content image (relative paths: to the manifest's folder)"),
+    "style": (
+        str | list[str],
+        "the style image; several as one string separated by ';' or as a list",
+    ),
+    "output": (str, "the output image: .png, .jpg or .webp"),
+    "name": (str, "a label for the job in logs and the report"),
+}
+
+
+def row_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of one manifest row, or of a watch job's ``NAME.json``
+    (which takes the parameters only): the row keys, ``preset`` and every flat parameter with
+    its type, range, default (the default preset's) and description; no other key."""
+    preset = (
+        Literal[tuple(PRESETS)],
+        Field("default", description="the recipe whose values the other parameters override"),
+    )
+    row = create_model(  # type: ignore[call-overload]
+        "NstBatchRow",
+        __base__=_parameters_model(),
+        preset=preset,
+        **{k: (kind, Field(None, description=text)) for k, (kind, text) in ROW_SCHEMA_KEYS.items()},
+    )
+    generated = row.model_json_schema()
+    first = [*ROW_SCHEMA_KEYS, "preset"]
+    properties = {k: generated["properties"][k] for k in first} | generated["properties"]
+    for key, value in properties.items():
+        value.pop("title", None)  # "Tv Kind": the description says more
+        if key in ROW_SCHEMA_KEYS:  # optional (NAME.json has none of them) but never null
+            value.pop("default")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "nst-batch manifest row / NAME.json",
+        "description": (
+            "One row of an `nst-batch run` manifest (a JSON Lines object; a CSV row has the same "
+            "columns, as text) or a watch job's NAME.json (parameters only). A parameter left "
+            "out takes the preset's value; the defaults shown are the default preset's."
+        ),
+        "type": "object",
+        "properties": shared(properties, _LAYER_SCHEMA, {"$ref": "#/$defs/layer"}),
+        "additionalProperties": False,
+        "$defs": {"layer": copy.deepcopy(_LAYER_SCHEMA)},
+    }

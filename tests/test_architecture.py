@@ -13,7 +13,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nst_batch"
 
 # Lowest first. A module may import modules of its own layer or of earlier ones.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("nst_batch.version", "nst_batch.errors", "nst_batch.images", "nst_batch.color"),
+    (
+        "nst_batch.version",
+        "nst_batch.errors",
+        "nst_batch.images",
+        "nst_batch.color",
+        "nst_batch.validation",
+    ),
     ("nst_batch.demo",),  # generated inputs, for the demo, verify and tests
     ("nst_batch.engine",),
     ("nst_batch.config", "nst_batch.params"),

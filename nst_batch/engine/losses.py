@@ -21,13 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from nst_batch.engine.vgg import layer_spec
 from nst_batch.errors import ConfigError
+from nst_batch.validation import check_fields
 
 Normalize = Literal["relative", "mse", "paper"]
 TVKind = Literal["l2", "l1"]
@@ -60,16 +62,17 @@ class LossConfig:
     Defaults give a strongly stylised but recognisable picture at 512 px with the bundled weights.
     """
 
-    content_layers: tuple[tuple[str, float], ...] = DEFAULT_CONTENT_LAYERS
-    style_layers: tuple[tuple[str, float], ...] = DEFAULT_STYLE_LAYERS
-    content_weight: float = 1.0
-    style_weight: float = DEFAULT_STYLE_WEIGHT
-    tv_weight: float = 1.0
-    tv_kind: TVKind = "l2"
-    tv_exponent: float = 1.0  # the Keras recipe uses 1.25 on (dx^2 + dy^2)
-    normalization: Normalize = "relative"
+    content_layers: tuple[tuple[str, float], ...] = DEFAULT_CONTENT_LAYERS  # layers, weights
+    style_layers: tuple[tuple[str, float], ...] = DEFAULT_STYLE_LAYERS  # layers, weights
+    content_weight: Annotated[float, Field(ge=0)] = 1.0  # weight of the content loss
+    style_weight: Annotated[float, Field(ge=0)] = DEFAULT_STYLE_WEIGHT  # weight of the style loss
+    tv_weight: Annotated[float, Field(ge=0)] = 1.0  # weight of the total variation (smoothness)
+    tv_kind: TVKind = "l2"  # total variation of squared ("l2") or absolute ("l1") differences
+    tv_exponent: Annotated[float, Field(gt=0)] = 1.0  # the Keras recipe uses 1.25 on (dx^2 + dy^2)
+    normalization: Normalize = "relative"  # loss scale: relative errors, plain MSE or the paper's
 
     def __post_init__(self) -> None:
+        check_fields(self)  # ranges (Field) and choices (Literal): ConfigError naming the field
         for name, _ in self.content_layers + self.style_layers:
             try:
                 layer_spec(name)
@@ -78,20 +81,11 @@ class LossConfig:
         for name, w in self.content_layers + self.style_layers:
             if w < 0:
                 raise ConfigError(f"layer weight of {name} must not be negative")
-        for field_name in ("content_weight", "style_weight", "tv_weight"):
-            if getattr(self, field_name) < 0:
-                raise ConfigError(f"{field_name} must not be negative")
         if self.content_weight == self.style_weight == self.tv_weight == 0:
             raise ConfigError(
                 "content_weight, style_weight and tv_weight are all 0: nothing to optimize; "
                 "give at least one a positive weight"
             )
-        if self.tv_exponent <= 0:
-            raise ConfigError("tv_exponent must be positive")
-        if self.tv_kind not in ("l1", "l2"):
-            raise ConfigError(f"tv_kind must be 'l1' or 'l2', not {self.tv_kind!r}")
-        if self.normalization not in ("relative", "mse", "paper"):
-            raise ConfigError(f"unknown normalization {self.normalization!r}")
         if not self.content_layers and not self.style_layers:
             raise ConfigError("the objective needs at least one content or style layer")
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from nst_batch.engine.graphs import Precision, check_precision
+from nst_batch.engine.graphs import Precision
 from nst_batch.engine.vgg import Pooling, VGG19Features, load_state
 from nst_batch.engine.weights import Weights, load_weights, resolve_source
 from nst_batch.errors import ConfigError
+from nst_batch.validation import check_fields
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
@@ -22,7 +23,7 @@ DEVICE_TYPES = ("cpu", "cuda", "mps")
 @dataclass(frozen=True)
 class ModelConfig:
     weights: str = "bundled"  # "bundled", "torchvision" or a path to a torchvision-layout file
-    pooling: Pooling = "max"
+    pooling: Pooling = "max"  # max or average pooling between the VGG blocks
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     channels_last: bool = True  # NHWC activations; measured faster on CPU (benchmarks/cpu.py)
     targets_backend: str = "auto"  # "torch", "onnx" (ONNX Runtime) or "auto" (per device)
@@ -32,7 +33,7 @@ class ModelConfig:
     cuda_graphs: bool = True  # replay the evaluation as a CUDA graph on CUDA
 
     def __post_init__(self) -> None:
-        check_precision(self.precision)
+        check_fields(self)  # choices (Literal): ConfigError naming the field
         check_device_name(self.device)
 
 

@@ -19,15 +19,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from nst_batch.engine.graphs import Replay
-from nst_batch.engine.lbfgs import LINE_SEARCHES, BatchedLBFGS, LineSearch
+from nst_batch.engine.lbfgs import BatchedLBFGS, LineSearch
 from nst_batch.engine.losses import LossTerms
-from nst_batch.errors import ConfigError
+from nst_batch.validation import check_fields
 
 OptimizerName = Literal["lbfgs", "adam"]
 # Step sizes on the [0, 1] pixel scale. L-BFGS scales its own steps, so 1.0 is the usual choice;
@@ -40,42 +41,26 @@ CUDA_SYNC_EVERY = 25
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: OptimizerName = "lbfgs"
-    steps: int = 300
-    lr: float | None = None  # None: DEFAULT_LR of the optimizer
-    history_size: int = 100  # L-BFGS curvature pairs kept
+    optimizer: OptimizerName = "lbfgs"  # L-BFGS or Adam
+    steps: Annotated[int, Field(ge=1)] = 300  # iterations (at the finest scale)
+    lr: Annotated[float, Field(gt=0)] | None = None  # step; None: DEFAULT_LR[optimizer]
+    history_size: Annotated[int, Field(ge=1)] = 100  # L-BFGS curvature pairs kept
     # L-BFGS safeguard against bad quasi-Newton steps, per image (nst_batch.engine.lbfgs):
     # "backtrack" (Armijo line search; the default: on the default preset it reached 0.05 of the
     # start where "reject" stopped at 0.79, benchmarks/results/line-search-cpu.md), "reject"
     # (undo a step that more than doubles the loss; within 2% of it on the pastiche preset), "none"
     line_search: LineSearch = "backtrack"
-    ema: float = 0.0  # decay of an exponential moving average of the iterates; 0 = off
-    max_seconds: float | None = None  # time budget for the loop
-    tolerance: float = 0.0  # early stop: best loss improved by less than this fraction ...
-    window: int = 50  # ... over this many steps; tolerance 0 = never
-    sync_every: int | None = None  # read losses every N steps; None: 1 on CPU, 25 on CUDA
+    # decay of an exponential moving average of the iterates; 0 = off
+    ema: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    max_seconds: Annotated[float, Field(gt=0)] | None = None  # time budget for the loop
+    # early stop: best loss improved by less than this fraction over `window` steps; 0 = never
+    tolerance: Annotated[float, Field(ge=0)] = 0.0
+    window: Annotated[int, Field(ge=1)] = 50  # steps the early stop looks back over
+    # read losses every N steps; None: 1 on CPU, 25 on CUDA
+    sync_every: Annotated[int, Field(ge=1)] | None = None
 
     def __post_init__(self) -> None:
-        if self.optimizer not in DEFAULT_LR:
-            raise ConfigError(f"optimizer must be 'lbfgs' or 'adam', not {self.optimizer!r}")
-        if self.steps < 1:
-            raise ConfigError(f"steps must be at least 1, not {self.steps}")
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError(f"lr must be positive, not {self.lr}")
-        if self.history_size < 1:
-            raise ConfigError(f"history_size must be at least 1, not {self.history_size}")
-        if self.line_search not in LINE_SEARCHES:
-            raise ConfigError(
-                f"line_search must be one of {', '.join(LINE_SEARCHES)}, not {self.line_search!r}"
-            )
-        if not 0 <= self.ema < 1:
-            raise ConfigError(f"ema must be in [0, 1), not {self.ema}")
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ConfigError(f"max_seconds must be positive, not {self.max_seconds}")
-        if self.tolerance < 0 or self.window < 1:
-            raise ConfigError("tolerance must be >= 0 and window >= 1")
-        if self.sync_every is not None and self.sync_every < 1:
-            raise ConfigError(f"sync_every must be at least 1, not {self.sync_every}")
+        check_fields(self)  # ranges (Field) and choices (Literal): ConfigError naming the field
 
     @property
     def step_size(self) -> float:
