@@ -70,7 +70,7 @@ class ModelPool:
         self._checked.add(key)
         return checks
 
-    def targets(
+    def target_features(
         self, config: ModelConfig, layers: tuple[str, ...], device: torch.device
     ) -> Callable[[Tensor], dict[str, Tensor]]:
         """The forward pass that computes style/content targets: the torch model, or the same

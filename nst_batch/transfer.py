@@ -166,7 +166,7 @@ class _Pyramid:
         self.steps = [self.config.steps_at(i, n) for i in range(n)]
         # Time budget shares follow each scale's cost (pixels x steps).
         self.costs = [s * s * k for s, k in zip(self.edges, self.steps, strict=True)]
-        self.weights = objective_weights([c.loss for c in configs], self.device, dtype)
+        self.loss_weights = objective_weights([c.loss for c in configs], self.device, dtype)
         self.start = time.perf_counter()
 
     def level(self, i: int, content: Tensor, previous: Tensor | None) -> OptimizeResult:
@@ -184,7 +184,7 @@ class _Pyramid:
             )
 
         def loss_fn(x: Tensor) -> LossTerms:
-            return weighted_terms(x, self.differentiable(x), targets, self.weights)
+            return weighted_terms(x, self.differentiable(x), targets, self.loss_weights)
 
         if previous is None:
             init = torch.cat(

@@ -199,7 +199,7 @@ def test_too_elongated_for_the_network_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_key_value_defaults_are_kept_beside_the_named_flags() -> None:
     """`watch --param size=64` (no --size) and `run --set ...`: a KEY=VALUE is never dropped."""
-    from nst_batch.cli import _defaults
+    from nst_batch.cli.options import batch_defaults as _defaults
     from nst_batch.errors import ConfigError
 
     flags = {"size": None, "steps": 3}
@@ -271,7 +271,7 @@ def test_dry_run_in_a_pipe_prints_whole_paths(pair: tuple[Path, Path], tmp_path:
 
 
 def test_plain_progress_lines_come_every_n_steps_or_every_few_seconds() -> None:
-    from nst_batch.cli import log_due
+    from nst_batch.cli.common import log_due
     from nst_batch.engine.optimize import Progress
 
     now = [0.0]

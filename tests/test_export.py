@@ -239,7 +239,7 @@ def test_onnx_targets_give_the_torch_run(pair: tuple[Path, Path]) -> None:
     for backend in ("torch", "onnx"):
         config = build_config(size=48, steps=5, scales=1, targets_backend=backend, precision="fp32")
         model, _ = pool.get(config.model, config.loss.layers, torch.device("cpu"))
-        targets = pool.targets(config.model, config.loss.layers, torch.device("cpu"))
+        targets = pool.target_features(config.model, config.loss.layers, torch.device("cpu"))
         assert (targets is model) == (backend == "torch")
         runs[backend] = stylize_tensors(content, [style], config, model, target_model=targets)
     torch_losses = [p.loss for p in runs["torch"].history]
@@ -252,12 +252,12 @@ def test_a_rotten_cached_export_is_made_again() -> None:
 
     config = build_config(size=32, steps=1, targets_backend="onnx")
     layers, cpu = config.loss.layers, torch.device("cpu")
-    ModelPool().targets(config.model, layers, cpu)  # exports into the cache (or reuses it)
+    ModelPool().target_features(config.model, layers, cpu)  # exports into the cache (or reuses it)
     (cached,) = (default_cache_dir() / "onnx").glob(f"*-max-{'-'.join(layers)}.onnx")
     rewrite(cached, perturb_first_conv)
     pool = ModelPool()
     model, loaded = pool.get(config.model, layers, cpu)
     with pytest.raises(ParityError):
         check_engine_parity(cached, model, loaded.sha256, loaded.source.name, "max")
-    pool.targets(config.model, layers, cpu)  # notices, exports anew
+    pool.target_features(config.model, layers, cpu)  # notices, exports anew
     check_engine_parity(cached, model, loaded.sha256, loaded.source.name, "max")

@@ -92,7 +92,7 @@ def stylize_batch(
     device = resolve_device(config.model.device)
     models = models or ModelPool()
     model, weights = models.get(config.model, config.loss.layers, device)
-    targets = models.targets(config.model, config.loss.layers, device)
+    targets = models.target_features(config.model, config.loss.layers, device)
     configs = [dataclasses.replace(j.job.config, optim=config.optim) for j in jobs]
     result = stylize_batch_tensors(
         [to_tensor(j.content_small) for j in jobs],

@@ -42,6 +42,15 @@ class FinalLoss:
 
 
 @dataclass(frozen=True)
+class Level:
+    """One pyramid level as run: its long edge, the steps it ran and their speed."""
+
+    long_edge: int
+    steps: int
+    seconds_per_iteration: float | None
+
+
+@dataclass(frozen=True)
 class Sidecar:
     nst_batch_version: str
     created: str  # ISO 8601, UTC
@@ -49,7 +58,7 @@ class Sidecar:
     inputs: dict[str, list[dict[str, Any]]]
     output: dict[str, Any]  # {"path", "size": [W, H]}
     parameters: dict[str, Any]  # dataclasses.asdict(StylizeConfig)
-    pyramid: list[dict[str, Any]]  # per level: long_edge, steps, seconds_per_iteration
+    pyramid: list[Level]  # coarse to fine
     weights: dict[str, Any]  # source, sha256, preprocessing
     device: str
     precision: str
@@ -87,6 +96,7 @@ class Sidecar:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in record.items() if k in names}
         values["final_loss"] = FinalLoss(**record["final_loss"])
+        values["pyramid"] = [Level(**level) for level in record["pyramid"]]
         return cls(**values)
 
 
@@ -130,7 +140,7 @@ def recorded_hash(output: Path) -> str | None:
     return sidecar.parameter_hash
 
 
-def _levels(config: StylizeConfig, history: Sequence[Progress]) -> list[dict[str, Any]]:
+def _levels(config: StylizeConfig, history: Sequence[Progress]) -> list[Level]:
     """Per pyramid level: long edge, steps run and seconds per iteration."""
     levels = []
     previous = 0.0
@@ -138,13 +148,8 @@ def _levels(config: StylizeConfig, history: Sequence[Progress]) -> list[dict[str
         mine = [p for p in history if p.scale == i]
         seconds = (mine[-1].elapsed - previous) if mine else 0.0
         previous = mine[-1].elapsed if mine else previous
-        levels.append(
-            {
-                "long_edge": edge,
-                "steps": len(mine),
-                "seconds_per_iteration": round(seconds / len(mine), 5) if mine else None,
-            }
-        )
+        speed = round(seconds / len(mine), 5) if mine else None
+        levels.append(Level(edge, len(mine), speed))
     return levels
 
 
