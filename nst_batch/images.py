@@ -28,11 +28,12 @@ SAVE_FORMATS: dict[str, tuple[str, dict[str, object]]] = {
 }
 
 
-def check_output_path(path: Path) -> None:
-    """Fail before any work when an output could not be written as asked: an unknown format, a
-    folder in the way, or a folder that exists but cannot be written to. Missing folders are fine
-    (:func:`make_output_folder` creates them); a file where a folder should be is not."""
-    if path.suffix.lower() not in SAVE_FORMATS:
+def check_output_path(path: Path, image: bool = True) -> None:
+    """Fail before any work when an output could not be written as asked: an unknown image
+    format (unless ``image`` is False), a folder in the way, or a folder that exists but cannot
+    be written to. Missing folders are fine (:func:`make_output_folder` creates them); a file
+    where a folder should be is not."""
+    if image and path.suffix.lower() not in SAVE_FORMATS:
         raise ImageError(
             f"{path}: unsupported output format {path.suffix or '(none)'!r}; "
             f"use one of {', '.join(sorted(SAVE_FORMATS))}"

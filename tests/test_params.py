@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from nst_batch.cli import app
 from nst_batch.config import OutputConfig, StylizeConfig
 from nst_batch.engine.losses import LossConfig
 from nst_batch.engine.model import ModelConfig
@@ -131,3 +134,15 @@ def test_configs_stay_plain_frozen_dataclasses() -> None:
         config.optim.steps = 3  # type: ignore[misc]
     with pytest.raises(ConfigError, match="steps must be at least 1"):
         dataclasses.replace(config.optim, steps=0)
+
+
+def test_schema_command_prints_and_writes_the_schema(tmp_path: Path) -> None:
+    printed = CliRunner().invoke(app, ["schema"])
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.stdout) == row_schema()
+    target = tmp_path / "row.schema.json"
+    written = CliRunner().invoke(app, ["schema", "-o", str(target)])
+    assert written.exit_code == 0, written.output
+    assert json.loads(target.read_text()) == row_schema()
+    blocked = CliRunner().invoke(app, ["schema", "-o", str(target / "x.json")])  # a file in the way
+    assert blocked.exit_code == 1 and "error:" in blocked.output

@@ -2,7 +2,7 @@
 
 The typer app lives here; the commands live by concern: ``stylize`` (stylize, demo, presets,
 features), ``run`` (manifests), ``watch`` (the daemon and its status), ``tools`` (weights, ONNX
-export and verify, score). ``options`` declares the shared options once; ``common`` has the
+export and verify, score, schema). ``options`` declares the shared options once; ``common`` has the
 consoles, progress output and the one place library errors become exit statuses."""
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ for _name, _command in (
     ("status", watch.status_command),
     ("score", tools.score_command),
     ("run", run.run_command),
+    ("schema", tools.schema_command),
 ):
     app.command(_name)(_command)
 

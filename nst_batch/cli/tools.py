@@ -164,3 +164,25 @@ def score_command(
         table.add_row(f"  style {layer}", f"{value:.4f}")
     table.add_row("[bold]content[/] (relu4_2)", f"[bold]{scores.content:.4f}")
     Console(highlight=False).print(table)
+
+
+@mapped_errors()
+def schema_command(
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write the schema to this file (default: standard output)."
+    ),
+) -> None:
+    """Print the JSON Schema of a manifest row and of a watch job's NAME.json (for editors)."""
+    import json
+
+    from nst_batch.images import check_output_path, make_output_folder, write_atomic
+    from nst_batch.params import row_schema
+
+    text = json.dumps(row_schema(), indent=2) + "\n"
+    if output is None:
+        print(text, end="")
+        return
+    check_output_path(output, image=False)
+    make_output_folder(output)
+    write_atomic(output, text.encode())
+    stderr().print(f"wrote {output}")
