@@ -107,11 +107,13 @@ def stylize_batch_tensors(
     pyramid = _Pyramid(configs, model, features, styles, content.dtype, progress, cancel_check)
     history: list[Progress] = []
     failures = [""] * len(configs)  # per job: why its optimization failed, at the first bad level
+    graphs: list[str] = []  # each level's CUDA-graph status
     image: Tensor | None = None
     result: OptimizeResult | None = None
     for i, long_edge in enumerate(pyramid.edges):
         result = pyramid.level(i, resize_to(content, long_edge), image)
         history += result.history
+        graphs.append(result.graphs)
         where = f"at {long_edge} px: " if len(pyramid.edges) > 1 else ""
         level = result.failures or ("",) * len(configs)  # empty when no step ran
         failures = [old or (new and where + new) for old, new in zip(failures, level, strict=True)]
@@ -138,6 +140,8 @@ def stylize_batch_tensors(
         elapsed=time.perf_counter() - pyramid.start,
         history=history,
         failures=tuple(failures) if result.failures else (),
+        # a fallback at any level is what the record must say
+        graphs=next((g for g in graphs if g.startswith("fallback")), result.graphs),
     )
 
 
@@ -175,7 +179,9 @@ class _Pyramid:
         count across the pyramid."""
         if self.cancel_check is not None:
             self.cancel_check()
-        with torch.no_grad():
+        # In the loop's precision context: with "fp32" on CUDA, cuDNN's default TF32 is off for
+        # the targets too.
+        with torch.no_grad(), precision_context(self.precision, self.device):
             targets = stack_targets(
                 [
                     _targets(self.features, content[j : j + 1], self.styles[j], c, self.edges[i])

@@ -35,8 +35,11 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Weights:
     return load_weights(BUNDLED, cache_dir=tmp_path_factory.mktemp("weights-cache"))
 
 
-def make_model(weights: Weights, layers: tuple[str, ...], pooling: str = "max") -> VGG19Features:
-    model = VGG19Features(layers, weights.source.normalization, pooling)  # type: ignore[arg-type]
+def make_model(
+    weights: Weights, layers: tuple[str, ...], pooling: str = "max", channels_last: bool = True
+) -> VGG19Features:
+    """The feature stack as production builds it (``ModelConfig``'s default layout: NHWC)."""
+    model = VGG19Features(layers, weights.source.normalization, pooling, channels_last)  # type: ignore[arg-type]
     load_state(model, weights.state)
     return model.requires_grad_(False).eval()
 

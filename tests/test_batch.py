@@ -184,8 +184,10 @@ def test_graphs_flag_off_cuda_gives_identical_numbers(model, inputs) -> None:
 
 def test_bf16_final_loss_is_close_to_fp32(model, inputs) -> None:
     contents, styles = inputs
-    config = dataclasses.replace(_configs("lbfgs")[0], optim=OptimConfig(steps=10))
-    bf16 = dataclasses.replace(config, model=ModelConfig(precision="bf16"))
+    # The reference is pinned to fp32 ("auto" is bf16 on a CPU or GPU that has it natively).
+    base = dataclasses.replace(_configs("lbfgs")[0], optim=OptimConfig(steps=10))
+    config = dataclasses.replace(base, model=ModelConfig(precision="fp32"))
+    bf16 = dataclasses.replace(base, model=ModelConfig(precision="bf16"))
     full = stylize_tensors(contents[0], styles[0], config, model)
     low = stylize_tensors(contents[0], styles[0], bf16, model)
     features = features_at(model, "bf16")(contents[0])
@@ -251,8 +253,9 @@ def test_gpu_graph_replay_matches_eager(weights, inputs) -> None:
 def test_gpu_bf16_final_loss_within_10_percent_of_fp32(weights, inputs) -> None:
     contents, styles = inputs
     model = make_model(weights, StylizeConfig().loss.layers).cuda()
-    config = dataclasses.replace(_configs("lbfgs")[0], optim=OptimConfig(steps=50))
-    bf16 = dataclasses.replace(config, model=ModelConfig(precision="bf16"))
+    base = dataclasses.replace(_configs("lbfgs")[0], optim=OptimConfig(steps=50))
+    config = dataclasses.replace(base, model=ModelConfig(precision="fp32"))
+    bf16 = dataclasses.replace(base, model=ModelConfig(precision="bf16"))
     full = stylize_tensors(contents[0], styles[0], config, model)
     low = stylize_tensors(contents[0], styles[0], bf16, model)
     assert low.loss == pytest.approx(full.loss, rel=0.1)

@@ -152,6 +152,12 @@ def _report(result: StylizeResult, output: Path) -> None:
     )
     if not sidecar.converged:
         stderr().print(optimization_failed(sidecar.convergence, str(output)), soft_wrap=True)
+    if sidecar.cuda_graphs.startswith("fallback"):
+        stderr().print(
+            f"[bold yellow]warning:[/] CUDA graphs {sidecar.cuda_graphs}; the job ran eagerly",
+            soft_wrap=True,
+            markup=True,
+        )
 
 
 def presets_command() -> None:

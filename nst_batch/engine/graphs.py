@@ -100,6 +100,11 @@ class Replay(Generic[T]):
     ``step`` must take its inputs from tensors that stay in place (updated with ``copy_`` or
     in-place ops) and may return tensors: after capture the same (static) tensors are returned
     by every replay, refreshed; read or copy them before the next call.
+
+    A capture or replay that fails (a driver without graph support, an op that cannot be
+    captured) never fails the job: the graph is dropped, the failed call runs ``step`` eagerly
+    and so do all later ones; :attr:`status` says ``"fallback: <reason>"``. A capture records
+    kernels without running them, so the eager rerun is the step's one real execution.
     """
 
     def __init__(
@@ -115,6 +120,7 @@ class Replay(Generic[T]):
         self.warmup = warmup
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.fallback = ""  # why graphs were given up, if they were
         self._out: T | None = None
         self._stream: torch.cuda.Stream | None = None
 
@@ -122,25 +128,56 @@ class Replay(Generic[T]):
     def captured(self) -> bool:
         return self.graph is not None
 
+    @property
+    def status(self) -> str:
+        """The graphs' state: "on" (captured), "off" (not CUDA, disabled, not yet captured) or
+        "fallback: <reason>"."""
+        if self.fallback:
+            return f"fallback: {self.fallback}"
+        return "on" if self.graph is not None else "off"
+
     def __call__(self) -> T:
         self.calls += 1
         if not self.enabled:
             return self.step()
-        if self.graph is not None:
-            self.graph.replay()
-            return self._out  # type: ignore[return-value]
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(self.device)
-        self._stream.wait_stream(torch.cuda.current_stream(self.device))
-        if self.calls <= self.warmup:
-            with torch.cuda.stream(self._stream):
-                out = self.step()
-            torch.cuda.current_stream(self.device).wait_stream(self._stream)
-            return out
+        if self.graph is None and self.calls <= self.warmup:
+            return self._warm()  # an error here is the step's own: it propagates
+        try:
+            if self.graph is not None:
+                self.graph.replay()
+                return self._out  # type: ignore[return-value]
+            return self._capture()
+        except Exception as err:  # a driver or capture error: eager from now on
+            self._give_up(f"{type(err).__name__}: {err}")
+            return self.step()
+
+    def _warm(self) -> T:
+        """An eager call on the side stream the capture will use (as the docs require)."""
+        stream = self._side_stream()
+        with torch.cuda.stream(stream):
+            out = self.step()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        return out
+
+    def _capture(self) -> T:
+        stream = self._side_stream()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self._stream):
+        with torch.cuda.graph(graph, stream=stream):
             self._out = self.step()
-        torch.cuda.current_stream(self.device).wait_stream(self._stream)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
         self.graph = graph
         graph.replay()  # capture records the kernels without running them
         return self._out  # type: ignore[return-value]
+
+    def _side_stream(self) -> torch.cuda.Stream:
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        return self._stream
+
+    def _give_up(self, reason: str) -> None:
+        self.enabled, self.graph, self._out = False, None, None
+        self.fallback = reason.strip().splitlines()[0] if reason.strip() else "unknown error"
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            with contextlib.suppress(Exception):  # the eager path is what matters now
+                torch.cuda.synchronize(self.device)

@@ -119,6 +119,8 @@ class OptimizeResult:
     start_losses: tuple[float, ...] = ()  # each image's loss at the first evaluation
     # Per image: "" when the returned image's loss is below the start's, else why not.
     failures: tuple[str, ...] = ()
+    # CUDA graphs: "on", "off" (not CUDA, or disabled) or "fallback: <reason>" (ran eagerly)
+    graphs: str = "off"
 
     @property
     def interrupted(self) -> bool:
@@ -309,4 +311,5 @@ def optimize(
         start_losses=tuple(starts),
         # One evaluation took no step: nothing was optimized, so nothing can have failed.
         failures=judge(losses, starts) if len(history) > 1 else ("",) * len(losses),
+        graphs=run.status,
     )

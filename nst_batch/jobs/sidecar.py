@@ -74,6 +74,9 @@ class Sidecar:
     # False: the saved image is not better than the start (why: nst_batch.engine.lbfgs)
     converged: bool = True
     convergence: str = ""  # why it did not converge (only written when it did not)
+    # "on", "off" (CPU, or --no-cuda-graphs) or "fallback: <reason>" (a capture or replay
+    # failed on this driver and the job ran eagerly)
+    cuda_graphs: str = "off"
     files: dict[str, str] = field(default_factory=dict)  # extra files: sheet, loss_plot
     parameter_hash: str = ""
 
@@ -210,6 +213,7 @@ def make_sidecar(
         interrupted=result.interrupted,
         converged=result.converged,
         convergence="" if result.converged else "; ".join(filter(None, result.failures)),
+        cuda_graphs=result.graphs,
         final_loss=FinalLoss(*terms),
         loss_history=_sampled(result.history),
         files=files,

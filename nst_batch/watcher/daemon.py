@@ -240,6 +240,8 @@ class _Daemon:
             self.status.done += 1
             sidecar = end.result.sidecar
             verdict = {} if sidecar.converged else {"warning": sidecar.convergence}
+            if sidecar.cuda_graphs.startswith("fallback"):
+                verdict["cuda_graphs"] = sidecar.cuda_graphs
             self.finish(
                 claimed,
                 "done",
