@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nst_batch.config import batch_key
 from nst_batch.errors import ConfigError
 from nst_batch.manifest import JobEvents, JobOutcome, ManifestConfig, PlannedJob, execute
 from nst_batch.pool import ModelPool
@@ -55,7 +56,7 @@ def run_on_ray(jobs: Sequence[PlannedJob], config: ManifestConfig, events: JobEv
     actors = [worker.remote(config.check_onnx) for _ in range(max(1, min(len(jobs), slots)))]
     idle = list(actors)
     # Same-shaped jobs next to each other, so an actor reuses the model it loaded last.
-    queue = sorted(jobs, key=lambda p: repr(p.group))
+    queue = sorted(jobs, key=lambda p: repr(batch_key(p.job.config)))
     pending: dict[Any, tuple[Any, PlannedJob]] = {}
     try:
         while queue or pending:

@@ -63,12 +63,6 @@ class PlannedJob:
     raw: Mapping[str, str]  # content, styles, output as written in the manifest (for reports)
     done: bool = False  # output and sidecar exist with this job's parameter hash
 
-    @property
-    def group(self) -> tuple[Any, ...]:
-        """Jobs with the same key share a model and could run as one batch."""
-        c = self.job.config
-        return (c.size, c.loss.layers, c.model)
-
     def outcome(self, status: Status, reason: str = "", **values: Any) -> JobOutcome:
         return JobOutcome(
             line=self.line,

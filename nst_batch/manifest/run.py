@@ -169,11 +169,7 @@ def run_locally(jobs: Sequence[PlannedJob], config: ManifestConfig, events: JobE
     if config.check_onnx is not None:  # fail on a broken engine before the first job
         for model_config in dict.fromkeys(p.job.config.model for p in jobs):
             models.check(model_config, resolve_device(model_config.device))
-    groups: dict[tuple[Any, ...], list[PlannedJob]] = {}
-    for planned in jobs:  # groups in order of first appearance, jobs in manifest order
-        groups.setdefault(planned.group, []).append(planned)
-    for group in groups.values():
-        run_batched([p.job for p in group], models, config.batch_size, _hooks(group, events))
+    run_batched([p.job for p in jobs], models, config.batch_size, _hooks(jobs, events))
 
 
 def _remove_stale_temp_files(jobs: Sequence[PlannedJob]) -> None:

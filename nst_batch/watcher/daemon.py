@@ -197,10 +197,10 @@ class _Daemon:
             return None
         return job, attempts
 
-    def run_group(self, group: list[tuple[Claimed, Job, int]]) -> None:
-        """Run jobs of one output size through the batch runner: with ``--batch-size`` > 1,
-        jobs that can share a batch are optimized as one; a batch that fails is rerun job by
-        job, so a bad job is still isolated and filed alone."""
+    def run_jobs(self, group: list[tuple[Claimed, Job, int]]) -> None:
+        """Run the claimed jobs through the batch runner: with ``--batch-size`` > 1, jobs that
+        can share a batch are optimized as one; a batch that fails is rerun job by job, so a bad
+        job is still isolated and filed alone."""
         entries = {id(job): (claimed, attempts) for claimed, job, attempts in group}
 
         def start(jobs: Sequence[Job]) -> None:
@@ -295,7 +295,7 @@ class _Daemon:
         return claimed
 
     def process(self, claimed: list[Claimed]) -> None:
-        groups: dict[int, list[tuple[Claimed, Job, int]]] = {}
+        group: list[tuple[Claimed, Job, int]] = []
         for c in claimed:
             try:
                 checked = self.intake(c)
@@ -305,9 +305,8 @@ class _Daemon:
                 continue
             if checked is not None:
                 job, attempts = checked
-                groups.setdefault(job.config.size, []).append((c, job, attempts))
-        for group in groups.values():
-            self.run_group(group)
+                group.append((c, job, attempts))
+        self.run_jobs(group)
 
     def loop(self, observer: Any | None) -> int:
         next_recovery = 0.0
