@@ -27,7 +27,8 @@ if command -v apptainer >/dev/null || command -v singularity >/dev/null; then
     exec "$RUNNER" run --nv --bind "$DATA:/data" "$IMAGE" \
         run "/data/$(basename "$MANIFEST")" --device cuda
 else
-    exec docker run --rm --gpus "device=${CUDA_VISIBLE_DEVICES:-0}" \
+    # As the submitting user, so the outputs beside the manifest are theirs.
+    exec docker run --rm --gpus "device=${CUDA_VISIBLE_DEVICES:-0}" --user "$(id -u):$(id -g)" \
         -e SLURM_ARRAY_TASK_ID -e SLURM_ARRAY_TASK_MIN -e SLURM_ARRAY_TASK_COUNT \
         -e SLURM_ARRAY_TASK_STEP -v "$DATA:/data" nst-batch:latest \
         run "/data/$(basename "$MANIFEST")" --device cuda

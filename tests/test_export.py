@@ -14,18 +14,23 @@ from typer.testing import CliRunner
 
 from nst_batch.cli import app
 from nst_batch.engine.model import ModelConfig
-from nst_batch.errors import OnnxError, ParityError
+from nst_batch.errors import ConfigError, OnnxError, ParityError
 from nst_batch.export import (
     DEFAULT_LAYERS,
+    TOLERANCES,
     ExportConfig,
     OnnxFeatures,
+    SessionConfig,
     VerifyConfig,
     check_engine_parity,
     export_onnx,
+    parse_provider,
     parse_sizes,
     read_info,
     verify,
 )
+from nst_batch.export.runtime import PROVIDERS
+from nst_batch.export.verify import tf32_off
 from nst_batch.params import build_config
 from nst_batch.pool import ModelPool
 from nst_batch.transfer import stylize_tensors
@@ -261,3 +266,184 @@ def test_a_rotten_cached_export_is_made_again() -> None:
         check_engine_parity(cached, model, loaded.sha256, loaded.source.name, "max")
     pool.target_features(config.model, layers, cpu)  # notices, exports anew
     check_engine_parity(cached, model, loaded.sha256, loaded.source.name, "max")
+
+
+# ONNX Runtime's providers, faked: a GPU build (onnxruntime-gpu lists all three) on a machine where
+# some of them cannot start. The session really runs on the CPU and reports `gives`, as ORT does
+# after dropping providers it could not create.
+GPU_BUILD = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def fake_runtime(
+    monkeypatch: pytest.MonkeyPatch, gives: tuple[str, ...], available: tuple[str, ...] = GPU_BUILD
+) -> tuple[list[list], list[tuple[int, ...]]]:
+    """(the providers argument of each session made, the input shape of each run)."""
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+    made: list[list] = []
+    shapes: list[tuple[int, ...]] = []
+
+    class Session:
+        def __init__(self, path: str, options, providers: list) -> None:
+            made.append(providers)
+            self.real = real(path, options, providers=["CPUExecutionProvider"])
+
+        def get_providers(self) -> list[str]:
+            return list(gives)
+
+        def run(self, names: list[str], feed: dict):
+            shapes.append(feed["image"].shape)
+            return self.real.run(names, feed)
+
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(available))
+    return made, shapes
+
+
+def names_of(providers: list) -> list[str]:
+    return [p if isinstance(p, str) else p[0] for p in providers]
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())  # rich wraps long lines at the terminal's width
+
+
+@pytest.mark.parametrize(
+    ("asked", "gives"),
+    [
+        ("cuda", ("CPUExecutionProvider",)),
+        ("cuda:1", ("CPUExecutionProvider",)),
+        ("tensorrt", ("CUDAExecutionProvider", "CPUExecutionProvider")),
+    ],
+)
+def test_an_explicit_provider_that_ort_downgraded_is_an_error(
+    exported: Path, monkeypatch: pytest.MonkeyPatch, asked: str, gives: tuple[str, ...]
+) -> None:
+    fake_runtime(monkeypatch, gives)
+    wanted = PROVIDERS[parse_provider(asked)[0]]
+    with pytest.raises(OnnxError, match=f"asked ONNX Runtime for {wanted}.* on {gives[0]}"):
+        OnnxFeatures(exported, SessionConfig(asked))
+    if asked == "cuda":
+        result = invoke("verify", exported, "--providers", asked, "--sizes", "32")
+        assert result.exit_code == 1
+        assert f"asked ONNX Runtime for {wanted}" in flat(result.output)
+
+
+def test_auto_falls_back_and_reports_the_provider_that_ran(
+    exported: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made, shapes = fake_runtime(monkeypatch, ("CUDAExecutionProvider", "CPUExecutionProvider"))
+    lines: list[str] = []
+    report = verify(exported, VerifyConfig(sizes=((40, 32),)), progress=lines.append)
+    assert names_of(made[0]) == list(GPU_BUILD)  # auto offered everything the build lists
+    assert (report.provider, report.precision) == ("cuda", "fp32")  # not "tensorrt", not fp16
+    assert report.tolerance == TOLERANCES["cuda", "fp32"] and report.ok
+    (note,) = report.notes
+    assert "TensorrtExecutionProvider" in note and "running on CUDAExecutionProvider" in note
+    assert note in lines
+    assert shapes == [(2, 3, 32, 40)] * 2  # the warm-up runs at the shape that is timed
+    result = invoke("verify", exported, "--sizes", "32")
+    assert result.exit_code == 0, result.output
+    assert "cuda fp32" in flat(result.output) and "could not start it" in flat(result.output)
+
+
+def test_auto_down_to_the_cpu_names_every_provider_it_skipped(
+    exported: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_runtime(monkeypatch, ("CPUExecutionProvider",))
+    features = OnnxFeatures(exported, SessionConfig("auto"))
+    assert features.provider == "cpu" and features.requested == "auto"
+    (note,) = features.notes
+    assert "TensorrtExecutionProvider, CUDAExecutionProvider" in note
+    assert note.endswith("running on CPUExecutionProvider")
+    fake_runtime(monkeypatch, GPU_BUILD)  # TensorRT started: fp16 by default, no note
+    report = verify(exported, VerifyConfig(sizes=((32, 32),)))
+    assert (report.provider, report.precision, report.notes) == ("tensorrt", "fp16", ())
+
+
+def test_device_id_reaches_the_gpu_providers(
+    exported: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    made, _ = fake_runtime(monkeypatch, ("CUDAExecutionProvider", "CPUExecutionProvider"))
+    features = OnnxFeatures(exported, SessionConfig("cuda:1"))
+    assert features.provider == "cuda:1" and features.notes == ()
+    assert made[-1] == [
+        ("CUDAExecutionProvider", {"device_id": 1, "use_tf32": 0}),
+        "CPUExecutionProvider",
+    ]
+    made, _ = fake_runtime(monkeypatch, GPU_BUILD)
+    config = SessionConfig("tensorrt:1", fp16=True, trt_cache=tmp_path / "trt")
+    assert OnnxFeatures(exported, config).provider == "tensorrt:1"
+    trt, cuda, cpu = made[-1]
+    assert trt[0] == "TensorrtExecutionProvider" and trt[1]["device_id"] == 1
+    assert trt[1]["trt_fp16_enable"] is True and (tmp_path / "trt").is_dir()
+    assert cuda == ("CUDAExecutionProvider", {"device_id": 1, "use_tf32": 0})
+    assert cpu == "CPUExecutionProvider"
+    made, _ = fake_runtime(monkeypatch, ("CUDAExecutionProvider", "CPUExecutionProvider"))
+    OnnxFeatures(exported, SessionConfig("cuda"))
+    assert made[-1][0] == ("CUDAExecutionProvider", {"device_id": 0, "use_tf32": 0})
+
+
+@pytest.mark.parametrize("name", ["directml", "cpu:1", "auto:0", "cuda:x", "cuda:"])
+def test_bad_provider_names(name: str) -> None:
+    with pytest.raises(ConfigError, match="unknown provider"):
+        SessionConfig(name)
+
+
+def test_a_provider_the_build_lacks_is_refused_with_a_hint(
+    exported: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_runtime(monkeypatch, ("CPUExecutionProvider",), available=("CPUExecutionProvider",))
+    with pytest.raises(ConfigError, match=r"no CUDAExecutionProvider .*the `gpu` extra\)$"):
+        OnnxFeatures(exported, SessionConfig("cuda"))
+    monkeypatch.setattr(
+        "nst_batch.export.runtime.runtime_packages", lambda: {"onnxruntime", "onnxruntime-gpu"}
+    )
+    with pytest.raises(ConfigError, match="both installed"):
+        OnnxFeatures(exported, SessionConfig("cuda"))
+
+
+def test_tf32_off_turns_tf32_off_and_restores_the_flags() -> None:
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (matmul.allow_tf32, cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    try:
+        for state in [(True, True), (True, False), (False, True), (False, False)]:
+            matmul.allow_tf32, cudnn.allow_tf32 = state
+            with tf32_off():
+                assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False)
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == state
+        with pytest.raises(KeyError), tf32_off():
+            raise KeyError("restored after an error too")
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == state
+        torch.set_float32_matmul_precision("medium")  # more than allow_tf32 can say
+        with tf32_off():
+            assert not matmul.allow_tf32
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(saved[2])
+        matmul.allow_tf32, cudnn.allow_tf32 = saved[:2]
+
+
+def test_the_engine_probe_runs_without_tf32(exported: Path) -> None:
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    model, loaded = ModelPool().get(ModelConfig(), DEFAULT_LAYERS, torch.device("cpu"))
+    seen: list[tuple[bool, bool]] = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+            seen.append((matmul.allow_tf32, cudnn.allow_tf32))
+            return self.model(image)
+
+    saved = (matmul.allow_tf32, cudnn.allow_tf32)
+    try:
+        matmul.allow_tf32 = cudnn.allow_tf32 = True
+        check_engine_parity(exported, Spy(), loaded.sha256, loaded.source.name, "max")
+        assert seen == [(False, False)]
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = saved

@@ -1,23 +1,22 @@
-"""Export the truncated VGG19 feature stack to ONNX, read an export back, run it in ONNX Runtime.
+"""Export the truncated VGG19 feature stack to ONNX and read an export back.
 
 The exported graph is exactly the engine's :class:`~nst_batch.engine.vgg.VGG19Features`: input
 ``image`` float32 (N, 3, H, W), RGB in [0, 1] with N, H and W dynamic; the weights' normalization
 inside; one output per requested layer, named after it. Weights are stored as ONNX external data
 (``MODEL.onnx.data`` beside the model) and ``metadata_props`` record what the export was made from,
 so a later ``verify`` or ``--check-onnx`` can rebuild the same torch model and compare.
+Running an export in ONNX Runtime is :mod:`nst_batch.export.runtime`.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -30,11 +29,6 @@ from nst_batch.version import __version__
 INPUT_NAME = "image"
 DEFAULT_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1", "relu4_2")
 DEFAULT_OPSET = 17
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
 
 
 @dataclass(frozen=True)
@@ -235,97 +229,3 @@ def external_files(path: Path) -> set[str]:
         for entry in tensor.external_data
         if entry.key == "location"
     }
-
-
-def available_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return list(ort.get_available_providers())
-
-
-def resolve_provider(name: str) -> str:
-    """``auto`` picks the fastest provider ONNX Runtime offers here: TensorRT, CUDA, then CPU."""
-    have = available_providers()
-    if name == "auto":
-        for choice in ("tensorrt", "cuda", "cpu"):
-            if PROVIDERS[choice] in have:
-                return choice
-    if name not in PROVIDERS:
-        raise ConfigError(f"unknown provider {name!r}; use auto, cpu, cuda or tensorrt")
-    if PROVIDERS[name] not in have:
-        raise ConfigError(
-            f"ONNX Runtime here has no {PROVIDERS[name]} (it has {', '.join(have)}); "
-            "CUDA and TensorRT need the onnxruntime-gpu package (the `gpu` extra)"
-        )
-    return name
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    provider: str = "cpu"  # cpu, cuda or tensorrt (resolved, not "auto")
-    fp16: bool = False  # TensorRT only: build fp16 engines
-    trt_cache: Path | None = None  # TensorRT engine cache folder; None = beside the model
-
-
-class OnnxFeatures:
-    """An exported feature stack in ONNX Runtime, called like the torch module.
-
-    ``features(image)`` with ``image`` (N, 3, H, W) float32 returns ``{layer: (N, C, h, w)}``
-    as CPU tensors.
-    """
-
-    def __init__(self, path: Path, config: SessionConfig | None = None) -> None:
-        import onnxruntime as ort
-
-        config = config or SessionConfig()
-        self.path = Path(path)
-        self.info = read_info(self.path)
-        for name in external_files(self.path):
-            if not (self.path.parent / name).is_file():
-                raise OnnxError(
-                    f"{path}: its weights file {name} is missing (an export's .onnx and "
-                    ".onnx.data files must stay together under their original names)"
-                )
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: ORT warns about unused initializers
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path), options, providers=_provider_list(self.path, config)
-            )
-        except Exception as err:  # ORT raises its own Fail/InvalidGraph types
-            raise OnnxError(f"{path}: ONNX Runtime cannot load it: {err}") from None
-        self.provider = config.provider
-        self.layers = self.info.layers
-
-    def __call__(self, image: Tensor) -> dict[str, Tensor]:
-        array = np.ascontiguousarray(image.detach().float().cpu().numpy())  # (N, 3, H, W)
-        outputs = self.session.run(list(self.layers), {INPUT_NAME: array})
-        return {name: torch.from_numpy(out) for name, out in zip(self.layers, outputs, strict=True)}
-
-    def timed(self, image: Tensor) -> tuple[dict[str, Tensor], float]:
-        start = time.perf_counter()
-        out = self(image)
-        return out, time.perf_counter() - start
-
-
-def _provider_list(path: Path, config: SessionConfig) -> list[str | tuple[str, dict[str, object]]]:
-    cpu = PROVIDERS["cpu"]
-    # TF32 off, so CUDA numbers are fp32 numbers and the fp32 tolerance means what it says.
-    cuda = (PROVIDERS["cuda"], {"use_tf32": 0})
-    if config.provider == "cpu":
-        return [cpu]
-    if config.provider == "cuda":
-        return [cuda, cpu]
-    cache = config.trt_cache or path.parent / f"{path.stem}.trt-cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    trt = (
-        PROVIDERS["tensorrt"],
-        {
-            "trt_fp16_enable": config.fp16,
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(cache),
-            "trt_timing_cache_enable": True,
-            "trt_timing_cache_path": str(cache),
-        },
-    )
-    return [trt, cuda, cpu]
