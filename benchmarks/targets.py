@@ -42,7 +42,7 @@ def main() -> None:
         export_onnx(path, ExportConfig(layers=layers))
         export_s = time.perf_counter() - start
         start = time.perf_counter()
-        provider = "cuda" if device.type == "cuda" else "cpu"
+        provider = str(device) if device.type == "cuda" else "cpu"
         session = OnnxFeatures(path, SessionConfig(provider))
         session_s = time.perf_counter() - start
         name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()

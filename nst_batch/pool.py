@@ -120,7 +120,7 @@ def _onnx_targets(
             if fresh:
                 raise
             fresh = True
-    provider = "cuda" if device.type == "cuda" else "cpu"
+    provider = str(device) if device.type == "cuda" else "cpu"  # "cuda:N": that GPU
     session = OnnxFeatures(path, SessionConfig(provider))
 
     def features(image: Tensor) -> dict[str, Tensor]:  # (B, 3, H, W) -> {layer: (B, C, h, w)}
