@@ -149,3 +149,58 @@ def test_tv_exponent_below_one_has_finite_gradient_on_flat_image() -> None:
     x = torch.full((1, 3, 4, 4), 0.5, requires_grad=True)
     tv_loss(x, "l2", exponent=0.5).backward()
     assert x.grad is not None and all(math.isfinite(v) for v in x.grad.flatten().tolist())
+
+
+def _old_gram(f: torch.Tensor) -> torch.Tensor:
+    """The formula before layouts were kept: NCHW copy, float32 for low precision, F F^T."""
+    b, c, h, w = f.shape
+    flat = f.reshape(b, c, h * w)
+    flat = flat.float() if flat.dtype == torch.bfloat16 else flat
+    return torch.bmm(flat, flat.transpose(1, 2)) / (h * w)
+
+
+LAYOUTS = [torch.contiguous_format, torch.channels_last]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_gram_and_its_gradient_match_the_old_formula(
+    layout: torch.memory_format, dtype: torch.dtype
+) -> None:
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(3, 16, 7, 9, generator=gen).to(dtype)
+    weights = torch.randn(3, 16, 16, generator=gen, dtype=torch.float64)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-5}[dtype]
+    grads = []
+    for fn in (gram, _old_gram):
+        f = base.contiguous(memory_format=layout).requires_grad_(True)
+        g = fn(f)
+        assert g.dtype == (torch.float32 if dtype == torch.bfloat16 else dtype)
+        (g.double() * weights).sum().backward()
+        assert f.grad is not None
+        grads.append((g.detach(), f.grad))
+    (new, new_grad), (old, old_grad) = grads
+    assert torch.allclose(new, old, rtol=tol, atol=tol)
+    if dtype == torch.bfloat16:  # both round the same float32 gradient once to bf16
+        assert torch.allclose(new_grad.float(), old_grad.float(), rtol=1e-2, atol=1e-2)
+    else:
+        assert torch.allclose(new_grad, old_grad, rtol=tol, atol=tol)
+    assert new_grad.dtype == dtype
+    # The gradient comes back in the features' layout (the old one always returned NCHW).
+    assert new_grad.is_contiguous(memory_format=layout)
+
+
+def test_gram_gradient_matches_finite_differences_channels_last() -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 4, 5, dtype=torch.float64, generator=gen)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert not x.is_contiguous()
+    assert torch.autograd.gradcheck(lambda a: gram(a), (x,))
+
+
+def test_gram_keeps_the_float32_copy_on_cpu() -> None:
+    from nst_batch.engine.losses import _fp32_products
+
+    f = torch.randn(1, 4, 3, 3, dtype=torch.bfloat16)
+    assert not _fp32_products(f.reshape(1, 4, 9))  # aten::bmm.dtype is CUDA only
+    assert torch.equal(gram(f), _old_gram(f))

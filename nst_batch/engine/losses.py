@@ -130,25 +130,76 @@ def gram(features: Tensor) -> Tensor:
     positions. Dividing by ``M_l`` here makes targets taken at one image size comparable with an
     output of another; the remaining ``1 / (4 N_l^2)`` is a per-layer constant that
     :func:`style_loss` replaces by its normalisation.
+
+    The features keep their memory layout, forward and backward: channels_last features (the
+    network's) are read as their (B, H W, C) view and ``G = F^T F``, so no NCHW copy is made and
+    the gradient goes back channels_last; contiguous NCHW ones as (B, C, H W), ``G = F F^T``. On
+    CUDA, bf16/fp16 features go into the product as they are, accumulated and returned in float32
+    (tensor cores, no float32 copy; a product of two bf16 numbers is exact in float32); elsewhere
+    they are first copied to float32.
     """
     b, c, h, w = features.shape
-    f = _wide(features.reshape(b, c, h * w))
-    return _GramProduct.apply(f) / (h * w)  # (B, C, C)
+    positions = features.permute(0, 2, 3, 1)  # (B, H, W, C): a dense view for channels_last
+    by_position = not features.is_contiguous() and positions.is_contiguous()
+    # (B, H W, C) is a view (no copy) for channels_last; (B, C, H W) for contiguous NCHW
+    f = positions.reshape(b, h * w, c) if by_position else features.reshape(b, c, h * w)
+    if not _fp32_products(f):
+        f = _wide(f)
+    return _GramProduct.apply(f, by_position) / (h * w)  # (B, C, C)
+
+
+# (device, dtype) -> whether torch.bmm(..., out_dtype=torch.float32) works there, probed once.
+_FP32_PRODUCTS: dict[tuple[torch.device, torch.dtype], bool] = {}
+
+
+def _fp32_products(f: Tensor) -> bool:
+    """Whether low-precision ``f`` can go into :func:`torch.bmm` as it is, with a float32 result
+    (``aten::bmm.dtype``: CUDA only). Probed in eager mode on first use, never inside a CUDA graph
+    capture (the loop's first evaluations are eager warm-ups); a failed probe keeps the float32
+    copy."""
+    if f.device.type != "cuda" or f.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    key = (f.device, f.dtype)
+    if key not in _FP32_PRODUCTS:
+        if torch.cuda.is_current_stream_capturing():
+            return False  # not probed here: the float32 copy, as before
+        try:
+            probe = torch.ones(1, 2, 2, device=f.device, dtype=f.dtype)
+            out = torch.bmm(probe, probe, out_dtype=torch.float32)
+            _FP32_PRODUCTS[key] = out.dtype == torch.float32 and bool((out == 2).all())
+        except (RuntimeError, TypeError, NotImplementedError):
+            _FP32_PRODUCTS[key] = False
+    return _FP32_PRODUCTS[key]
+
+
+def _bmm32(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` batched, in float32 (for CUDA bf16/fp16 inputs: accumulated and returned)."""
+    if a.dtype in (torch.float16, torch.bfloat16):
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return torch.bmm(a, b)
 
 
 class _GramProduct(torch.autograd.Function):
-    """``F F^T`` with a backward of one batched product, ``(dG + dG^T) F``, where autograd's own
-    takes two (one per operand); the Gram matrices are ~12% of a CPU step."""
+    """``F F^T`` of (B, C, N) features, or ``F^T F`` of (B, N, C) ones (``by_position``), with a
+    backward of one batched product, ``(dG + dG^T) F`` or ``F (dG + dG^T)``, where autograd's own
+    takes two (one per operand); the Gram matrices are ~12% of a CPU step. The gradient has the
+    features' layout and dtype."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, f: Tensor) -> Tensor:
+    def forward(ctx: torch.autograd.function.FunctionCtx, f: Tensor, by_position: bool) -> Tensor:
         ctx.save_for_backward(f)
-        return torch.bmm(f, f.transpose(1, 2))  # (B, C, C)
+        ctx.by_position = by_position  # type: ignore[attr-defined]
+        if by_position:
+            return _bmm32(f.transpose(1, 2), f)  # (B, C, C)
+        return _bmm32(f, f.transpose(1, 2))  # (B, C, C)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
         (f,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return torch.bmm(grad + grad.transpose(1, 2), f)  # (B, C, H W)
+        sym = (grad + grad.transpose(1, 2)).to(f.dtype)  # (B, C, C); a no-op unless on CUDA bf16
+        if ctx.by_position:  # type: ignore[attr-defined]
+            return torch.bmm(f, sym), None  # (B, N, C)
+        return torch.bmm(sym, f), None  # (B, C, N)
 
 
 def _per_image(x: Tensor, target: Tensor, reduce: Literal["sum", "mean", "relative"]) -> Tensor:
