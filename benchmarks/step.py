@@ -29,6 +29,7 @@ import argparse
 import itertools
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -287,7 +288,7 @@ def main() -> None:
             report = Report(
                 "# Seconds per optimization step: working tree against baselines (CPU)",
                 "",
-                f"`python -m benchmarks.step {' '.join(sys.argv[1:])}`".replace(" `", "`"),
+                f"`python -m benchmarks.step {shlex.join(sys.argv[1:])}`".replace(" `", "`"),
                 "",
                 f"- {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
                 f"python {platform.python_version()}; a shared machine",
