@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar, get_args
 import typer
 
 from nst_batch.cli.common import fail
-from nst_batch.config import INIT_ALIASES
+from nst_batch.config import INIT_ALIASES, INIT_KEYWORDS
 from nst_batch.engine.weights import BUNDLED, TORCHVISION
 from nst_batch.errors import ConfigError
 from nst_batch.params import build_config, parameter_names, parse_layers
@@ -48,7 +48,7 @@ def default(value: object, note: str = "") -> str:
 
 # Keywords from the library: the init names with the aliases other tools use for them, and the
 # named weights sources.
-INIT_NAMES = tuple(sorted(set(INIT_ALIASES.values())))  # content, noise
+INIT_NAMES = INIT_KEYWORDS  # content, noise
 NOISE_INIT = INIT_ALIASES["random"]  # neural-style's "random" start is white noise
 INIT_HELP = (
     "Start image: "
