@@ -67,6 +67,21 @@ is the unit lower triangular system ``(I + diag(rho) L) beta = rho * Y^T r0 + di
 with ``L = tril(SY^T, -1)``, and the direction is ``d = r0 + S (alpha - beta)``. ``S^T Y`` and
 ``Y^T Y`` are kept up to date one row and column per accepted pair.
 
+Memory traffic: at m = 100 the history is 200 image-sized vectors per image, so reading it, not
+the arithmetic, is what a CPU step costs beyond its evaluation. The pairs live in one (B, m, 2, N)
+tensor (``s_i`` and ``y_i`` side by side, so the slots in use are one contiguous prefix) and a step
+reads it twice: once for ``[S; Y]^T [g, s, y]`` before the new pair is written (the first loop's
+right-hand sides and the new pair's row and column of ``S^T Y`` and ``Y^T Y``; the new pair's own
+products are image-sized dot products), and once for ``d = -H_diag g + [S; Y] [alpha - beta;
+-H_diag alpha]``. Before, a step read S three times and Y three times (``Y^T [s, y]``, ``S^T y``,
+``S^T g``, ``Y^T g``, ``Y alpha``, ``S (alpha - beta)``): six reads of an (B, m, N) tensor, three of
+the whole history; now two whole-history reads (four (B, m, N)-sized ones). ``s_i^T y`` and
+``y_i^T y`` could instead be derived as differences of cached ``S^T g`` at the old and new anchor,
+but a difference of nearly equal products loses digits as steps shorten, and ``y_i^T s`` cannot be
+derived at all (``s`` is the projected step, not ``t d``), so the read takes three right-hand
+columns. Measured on a 2-core CPU the step got only ~5% cheaper
+(``benchmarks/results/lbfgs-step-cpu.md``): there the history reads are not most of its cost.
+
 Nothing here reads a number back to the host: every per-image decision (accept, retry, restart,
 reset) is a ``torch.where`` mask over device tensors, and the only Python branches are on the
 configured mode and the host step counter, the same for every image. So a GPU never waits for
@@ -110,8 +125,10 @@ class BatchedLBFGS:
         self.line_search = line_search
         b, n = x.shape[0], x[0].numel()
         z = dict(device=x.device, dtype=x.dtype)
-        self.s = torch.zeros(b, self.m, n, **z)  # (B, m, N) steps, in ring slots
-        self.y = torch.zeros(b, self.m, n, **z)  # (B, m, N) gradient changes
+        # (B, m, 2, N): the pair (s_i, y_i) of each ring slot, side by side, so that the slots in
+        # use are one contiguous (B, 2 used, N) block and one product reads both S and Y.
+        self.pairs = torch.zeros(b, self.m, 2, n, **z)
+        self.s, self.y = self.pairs[:, :, 0], self.pairs[:, :, 1]  # (B, m, N) views
         self.sy = torch.zeros(b, self.m, self.m, **z)  # (B, m, m) s_i^T y_j by slot
         self.yy = torch.zeros(b, self.m, self.m, **z)  # (B, m, m) y_i^T y_j by slot
         self.rho = torch.zeros(b, self.m, **z)  # (B, m) 1 / y^T s; 0 marks an empty slot
@@ -151,9 +168,12 @@ class BatchedLBFGS:
             ok = self._accepted(f, s)
             # Slots written so far: only those take part (cheaper while the history fills).
             used = min(self.steps, self.m)
-            self._remember(s, g - self.g_prev, ok)
+            y = g - self.g_prev
             self._anchor(ok, x, f, g)
-            d, t = self._direction(self.g_prev, used), torch.full_like(self.t, self.lr)
+            # The first of the step's two reads of the history, before the new pair is stored.
+            sg, yg = self._remember(s, y, ok, used)
+            d = self._direction(self.g_prev, sg, yg, used)  # the second read
+            t = torch.full_like(self.t, self.lr)
             if self.line_search != "none":
                 d, t = self._safeguard(ok, f, s, d, t)
             self.d.copy_(d)
@@ -232,33 +252,56 @@ class BatchedLBFGS:
         ratio = torch.where(torch.isfinite(ratio), ratio, torch.full_like(ratio, SHRINK_RANGE[0]))
         return self.t * ratio.clamp(*SHRINK_RANGE)
 
-    def _remember(self, s: Tensor, y: Tensor, ok: Tensor) -> None:
-        """Store the pair (s, y) of each image in ``ok`` whose curvature ``y^T s`` is positive."""
+    def _remember(self, s: Tensor, y: Tensor, ok: Tensor, used: int) -> tuple[Tensor, Tensor]:
+        """Store the pair (s, y) of each image in ``ok`` whose curvature ``y^T s`` is positive.
+
+        Returns ``s_i^T g`` and ``y_i^T g`` (B, used) by slot for the anchors' gradients, from the
+        same read of the history that gives the new pair's products with the stored ones.
+        """
         ys = (y * s).sum(1)  # (B,)
+        yy = (y * y).sum(1)
         if self.line_search == "none":
             accept = ok & (ys > 1e-10)  # torch's test: absolute, so it depends on the loss scale
         else:  # relative: the cosine of s and y; a short first step still gives a pair
-            accept = ok & (ys > CURVATURE_COSINE * (s.norm(dim=1) * y.norm(dim=1)))
+            accept = ok & (ys > CURVATURE_COSINE * (s.norm(dim=1) * yy.sqrt()))
         slot = torch.where(accept, (self.newest + 1) % self.m, self.newest)  # (B,)
-        r = self._rows
+        r, b = self._rows, s.shape[0]
         keep = accept[:, None]
-        self.s[r, slot] = torch.where(keep, s, self.s[r, slot])
-        self.y[r, slot] = torch.where(keep, y, self.y[r, slot])
-        self.rho[r, slot] = torch.where(accept, ys.reciprocal(), self.rho[r, slot])
-        self.h_diag = torch.where(accept, ys / (y * y).sum(1), self.h_diag)
-        self.newest = slot
-        # The new pair's row and column of S^T Y and Y^T Y (the other slots are unchanged).
-        y_new = torch.bmm(self.y, torch.stack([s, y], 2))  # (B, m, 2): y_j^T s, y_j^T y
-        s_y = torch.bmm(self.s, y[:, :, None])[..., 0]  # (B, m): s_i^T y
-        self.sy[r, slot] = torch.where(keep, y_new[..., 0], self.sy[r, slot])
-        self.sy[r, :, slot] = torch.where(keep, s_y, self.sy[r, :, slot])
-        self.yy[r, slot] = torch.where(keep, y_new[..., 1], self.yy[r, slot])
-        self.yy[r, :, slot] = torch.where(keep, y_new[..., 1], self.yy[r, :, slot])
+        g = self.g_prev  # the anchors' gradients (already moved for the images in ``ok``)
+        # One read of the slots in use: (B, 2 used, N) x (B, N, 3) -> s_i and y_i against g, s, y.
+        # The slot about to be overwritten gives stale products; they are replaced below.
+        history = self.pairs[:, :used].reshape(b, 2 * used, -1)
+        prods = torch.bmm(history, torch.stack([g, s, y], 2)).view(b, used, 2, 3)
+        # The new pair's own products are dot products of image-sized vectors, not history reads.
+        # (A mask, not an index: an image that never kept a pair points at slot m - 1 >= used.)
+        at_new = keep & (self._slots[None, :used] == slot[:, None])  # (B, used)
 
-    def _direction(self, g: Tensor, used: int) -> Tensor:
-        """The two-loop recursion in matrix form over the first ``used`` slots: d = -H g."""
+        def with_new(stored: Tensor, own: Tensor) -> Tensor:  # (B, used), own (B,)
+            return torch.where(at_new, own[:, None], stored)
+
+        sg = with_new(prods[:, :, 0, 0], (s * g).sum(1))  # (B, used) s_i^T g by slot
+        yg = with_new(prods[:, :, 1, 0], (y * g).sum(1))
+        s_y, y_s = with_new(prods[:, :, 0, 2], ys), with_new(prods[:, :, 1, 1], ys)
+        y_y = with_new(prods[:, :, 1, 2], yy)
+        self.pairs[r, slot] = torch.where(
+            keep[:, :, None], torch.stack([s, y], 1), self.pairs[r, slot]
+        )
+        self.rho[r, slot] = torch.where(accept, ys.reciprocal(), self.rho[r, slot])
+        self.h_diag = torch.where(accept, ys / yy, self.h_diag)
+        self.newest = slot
+        # The new pair's row and column of S^T Y and Y^T Y among the slots in use (the others,
+        # never written, stay 0).
+        k = slice(0, used)
+        self.sy[r, slot, k] = torch.where(keep, y_s, self.sy[r, slot, k])
+        self.sy[r, k, slot] = torch.where(keep, s_y, self.sy[r, k, slot])
+        self.yy[r, slot, k] = torch.where(keep, y_y, self.yy[r, slot, k])
+        self.yy[r, k, slot] = torch.where(keep, y_y, self.yy[r, k, slot])
+        return sg, yg
+
+    def _direction(self, g: Tensor, sg: Tensor, yg: Tensor, used: int) -> Tensor:
+        """The two-loop recursion in matrix form over the first ``used`` slots: d = -H g, given
+        ``s_i^T g`` and ``y_i^T g`` (B, used) by slot; one read of the history."""
         b = g.shape[0]
-        s, y = self.s[:, :used], self.y[:, :used]  # (B, k, N)
         # Chronological order of the slots, oldest first; empty slots (rho 0) are inert anywhere.
         # While the ring fills, image i's pairs sit in slots 0..c_i-1 with newest = c_i - 1.
         order = (self.newest[:, None] + 1 + self._slots[None, :used]) % used  # (B, k)
@@ -269,8 +312,7 @@ class BatchedLBFGS:
             return m[:, :used, :used].gather(1, square).gather(2, square.transpose(1, 2))
 
         sy, yy = chrono(self.sy), chrono(self.yy)
-        sg = torch.bmm(s, g[:, :, None])[..., 0].gather(1, order)  # (B, k) s_i^T g
-        yg = torch.bmm(y, g[:, :, None])[..., 0].gather(1, order)
+        sg, yg = sg.gather(1, order), yg.gather(1, order)  # (B, k) s_i^T g, y_i^T g by age
         eye = torch.eye(used, device=g.device, dtype=g.dtype).expand(b, used, used)
         upper = eye + rho[:, :, None] * torch.triu(sy, 1)
         alpha = torch.linalg.solve_triangular(
@@ -282,8 +324,12 @@ class BatchedLBFGS:
         beta = torch.linalg.solve_triangular(
             eye + rho[:, :, None] * lower_part, rhs[:, :, None], upper=False, unitriangular=True
         )
-        # Back to slot order for the products with S and Y.
-        alpha_slot = torch.zeros_like(alpha[..., 0]).scatter(1, order, alpha[..., 0])
-        c_slot = torch.zeros_like(alpha_slot).scatter(1, order, (alpha - beta)[..., 0])
-        r0 = self.h_diag[:, None] * (-g - torch.bmm(alpha_slot[:, None, :], y)[:, 0])
-        return r0 + torch.bmm(c_slot[:, None, :], s)[:, 0]
+        # d = r0 + S (alpha - beta) with r0 = H_diag (-g - Y alpha): one product with the
+        # interleaved history, coefficients (alpha - beta)_i for s_i and -H_diag alpha_i for y_i,
+        # back in slot order.
+        coef = torch.stack([alpha - beta, -self.h_diag[:, None, None] * alpha], 2)[..., 0]
+        coef = torch.zeros_like(coef).scatter(1, order[:, :, None].expand(b, used, 2), coef)
+        history = self.pairs[:, :used].reshape(b, 2 * used, -1)
+        return torch.baddbmm(
+            (-self.h_diag[:, None] * g)[:, None, :], coef.view(b, 1, 2 * used), history
+        )[:, 0]
