@@ -1,7 +1,7 @@
 """One L-BFGS step's own cost (the step minus the evaluation): this tree's BatchedLBFGS against a
 baseline commit's, interleaved in one run.
 
-    python -m benchmarks.lbfgs_step [--baseline main] [--sizes 384x288,512x384] [--history 100]
+    python -m benchmarks.lbfgs_step [--baseline a4635aa] [--sizes 384x288,512x384] [--history 100]
         [--repeats 5] [--time-steps 3] [--out benchmarks/results/lbfgs-step-cpu.md]
 
 The baseline's ``nst_batch/engine/lbfgs.py`` is read with ``git show`` and loaded as a module of
@@ -73,7 +73,7 @@ class Problem:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", default="main")
+    parser.add_argument("--baseline", default="a4635aa")  # the module before the one-tensor history
     parser.add_argument("--sizes", default="384x288,512x384")
     parser.add_argument("--history", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
