@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from nst_batch.engine.losses import LossConfig
+from nst_batch.engine.memory import MemoryConfig
 from nst_batch.engine.model import ModelConfig
 from nst_batch.engine.optimize import OptimConfig
 from nst_batch.engine.vgg import LAYER_INDEX, LAYERS
@@ -71,6 +72,7 @@ class StylizeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     def __post_init__(self) -> None:
         check_fields(self)  # types, ranges (Field), choices (Literal): ConfigError naming the field
@@ -122,6 +124,7 @@ def batch_key(config: StylizeConfig) -> tuple[Any, ...]:
         config.pyramid(),
         config.scale_steps,
         config.model,
+        config.memory,
         dataclasses.replace(config.optim, sync_every=None),
         tuple(n for n, _ in loss.content_layers),
         tuple(n for n, _ in loss.style_layers),

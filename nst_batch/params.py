@@ -25,6 +25,7 @@ from pydantic.json_schema import WithJsonSchema
 
 from nst_batch.config import OutputConfig, StylizeConfig
 from nst_batch.engine.losses import PAPER_STYLE_LAYERS, LossConfig
+from nst_batch.engine.memory import MemoryConfig
 from nst_batch.engine.model import ModelConfig
 from nst_batch.engine.optimize import OptimConfig
 from nst_batch.engine.vgg import LAYER_NAMES, Pooling, layer_spec
@@ -231,7 +232,7 @@ def unknown_names(unknown: Iterable[str], known: Iterable[str], what: str = "par
 
 
 OUTPUT_KEYS = frozenset(f.name for f in dataclasses.fields(OutputConfig))
-_CONFIGS = (StylizeConfig, ModelConfig, LossConfig, OptimConfig, OutputConfig)
+_CONFIGS = (StylizeConfig, ModelConfig, LossConfig, OptimConfig, MemoryConfig, OutputConfig)
 _LayerList = tuple[tuple[str, float], ...]
 _LAYER = r"\s*(?:conv|relu|pool)\d(?:_\d)?"
 _NUMBER = r"\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*"

@@ -22,12 +22,15 @@ from nst_batch.engine.graphs import features_at, precision_context, resolve_prec
 from nst_batch.engine.losses import (
     LossTerms,
     Targets,
+    blend_targets,
     compute_targets,
     objective_weights,
     stack_targets,
     weighted_terms,
 )
+from nst_batch.engine.memory import MemoryPlan, budget_bytes, plan
 from nst_batch.engine.optimize import OptimConfig, OptimizeResult, Progress, optimize
+from nst_batch.engine.tiled import TiledObjective, tiled_features
 from nst_batch.engine.vgg import VGG19Features
 from nst_batch.errors import ConfigError
 from nst_batch.images import open_rgb, resized_shape, to_tensor
@@ -171,6 +174,7 @@ class _Pyramid:
         # Time budget shares follow each scale's cost (pixels x steps).
         self.costs = [s * s * k for s, k in zip(self.edges, self.steps, strict=True)]
         self.loss_weights = objective_weights([c.loss for c in configs], self.device, dtype)
+        self.budget = budget_bytes(self.config.memory, self.device)  # bytes, for every level
         self.start = time.perf_counter()
 
     def level(self, i: int, content: Tensor, previous: Tensor | None) -> OptimizeResult:
@@ -179,12 +183,13 @@ class _Pyramid:
         count across the pyramid."""
         if self.cancel_check is not None:
             self.cancel_check()
+        memory = self._plan(i, content)
         # In the loop's precision context: with "fp32" on CUDA, cuDNN's default TF32 is off for
         # the targets too.
         with torch.no_grad(), precision_context(self.precision, self.device):
             targets = stack_targets(
                 [
-                    _targets(self.features, content[j : j + 1], self.styles[j], c, self.edges[i])
+                    self._targets(content[j : j + 1], self.styles[j], c, self.edges[i], memory.tile)
                     for j, c in enumerate(self.configs)
                 ]
             )
@@ -192,6 +197,9 @@ class _Pyramid:
         def loss_fn(x: Tensor) -> LossTerms:
             return weighted_terms(x, self.differentiable(x), targets, self.loss_weights)
 
+        gradient = None
+        if memory.tile is not None:
+            gradient = TiledObjective(self.differentiable, targets, self.loss_weights, memory.tile)
         if previous is None:
             init = torch.cat(
                 [
@@ -221,18 +229,63 @@ class _Pyramid:
             result = optimize(
                 init,
                 loss_fn,
-                self._optim(i),
+                self._optim(i, memory),
                 report,
                 graphs=self.config.model.cuda_graphs,
                 cancel_check=self.cancel_check,
                 min_steps=0 if final else min(MIN_LEVEL_STEPS, self.steps[i]),
+                gradient=gradient,
             )
         history = [dataclasses.replace(globally(p), image=None) for p in result.history]
-        return dataclasses.replace(result, history=history)
+        return dataclasses.replace(result, history=history, memory=memory)
 
-    def _optim(self, i: int) -> OptimConfig:
-        """Level ``i``'s optimizer settings: its steps, and its share of the time left."""
+    def _plan(self, i: int, content: Tensor) -> MemoryPlan:
+        """Level ``i``'s way of fitting the memory budget: tiles, history size, optimizer."""
         optim = self.config.optim
+        return plan(
+            self.config.memory,
+            self.config.loss.layers,
+            (content.shape[0], content.shape[-2], content.shape[-1]),
+            self.precision,
+            optim.optimizer,
+            optim.history_size,
+            self.budget,
+        )
+
+    def _targets(
+        self,
+        content: Tensor,
+        styles: Sequence[Tensor],
+        config: StylizeConfig,
+        long_edge: int,
+        tile: int | None,
+    ) -> Targets:
+        """One job's targets at one pyramid level: content (1, 3, H, W) already at that
+        level; computed tile by tile (with the differentiable stack's weights) when the level
+        is tiled."""
+        style_edge = config.style_edge(long_edge)
+        styles = [resize_to(s.to(self.device), style_edge) for s in styles]
+        if tile is None:
+            return compute_targets(
+                self.features(content),
+                [self.features(s) for s in styles],
+                config.loss,
+                config.style_blend,
+            )
+        style_layers = [n for n, _ in config.loss.style_layers]
+        content_layers = [n for n, _ in config.loss.content_layers]
+        _, maps = tiled_features(self.differentiable, content, [], content_layers, tile)
+        grams = [tiled_features(self.differentiable, s, style_layers, [], tile)[0] for s in styles]
+        return blend_targets(maps, grams, config.loss, config.style_blend)
+
+    def _optim(self, i: int, memory: MemoryPlan) -> OptimConfig:
+        """Level ``i``'s optimizer settings: its steps, its share of the time left, and the
+        optimizer that fits the memory budget."""
+        optim = self.config.optim
+        if memory.optimizer != optim.optimizer:  # Adam's own step size, not L-BFGS's
+            optim = dataclasses.replace(optim, optimizer=memory.optimizer, lr=None)
+        elif memory.optimizer == "lbfgs":
+            optim = dataclasses.replace(optim, history_size=memory.history_size)
         if optim.max_seconds is not None:
             # Each level's share of the time left follows its cost (pixels x steps); a coarser
             # level still runs MIN_LEVEL_STEPS steps when its share runs out sooner.
@@ -240,21 +293,3 @@ class _Pyramid:
             share = self.costs[i] / sum(self.costs[i:])
             optim = dataclasses.replace(optim, max_seconds=max(left * share, 1e-3))
         return dataclasses.replace(optim, steps=self.steps[i])
-
-
-def _targets(
-    features: Callable[[Tensor], dict[str, Tensor]],
-    content: Tensor,
-    styles: Sequence[Tensor],
-    config: StylizeConfig,
-    long_edge: int,
-) -> Targets:
-    """One job's targets at one pyramid level: content (1, 3, H, W) already at that level."""
-    device = content.device
-    style_edge = config.style_edge(long_edge)
-    return compute_targets(
-        features(content),
-        [features(resize_to(s.to(device), style_edge)) for s in styles],
-        config.loss,
-        config.style_blend,
-    )

@@ -185,7 +185,8 @@ def test_graphs_flag_off_cuda_gives_identical_numbers(model, inputs) -> None:
 def test_bf16_final_loss_is_close_to_fp32(model, inputs) -> None:
     contents, styles = inputs
     # The reference is pinned to fp32 ("auto" is bf16 on a CPU or GPU that has it natively).
-    base = dataclasses.replace(_configs("lbfgs")[0], optim=OptimConfig(steps=10))
+    # 20 steps: after 10 the two paths (style weight 45) are still 15% apart at this tiny size
+    base = dataclasses.replace(_configs("lbfgs")[0], optim=OptimConfig(steps=20))
     config = dataclasses.replace(base, model=ModelConfig(precision="fp32"))
     bf16 = dataclasses.replace(base, model=ModelConfig(precision="bf16"))
     full = stylize_tensors(contents[0], styles[0], config, model)

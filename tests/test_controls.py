@@ -217,7 +217,7 @@ def test_presets_are_frozen_and_listed() -> None:
 
 
 def test_default_style_layers_favour_texture_over_objects() -> None:
-    """The default weighs relu1_1..relu5_1 256:64:16:4:1 (summing to 1) with style weight 30:
+    """The default weighs relu1_1..relu5_1 256:64:16:4:1 (summing to 1) with style weight 45:
     deep layers, which copy a painting's objects, get little weight (issue 14)."""
     loss = build_config().loss
     names = [n for n, _ in loss.style_layers]
@@ -225,7 +225,7 @@ def test_default_style_layers_favour_texture_over_objects() -> None:
     assert names == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
     assert sum(weights) == pytest.approx(1.0)
     assert [a / b for a, b in itertools.pairwise(weights)] == pytest.approx([4.0] * 4)
-    assert loss.style_weight == 30.0
+    assert loss.style_weight == 45.0
 
 
 def test_pastiche_preset_is_pastiches_objective(weights: Weights, tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def test_row_schema_shape() -> None:
         "default": 512,
         "description": "",
     }
-    assert properties["style_weight"]["default"] == 30.0 and properties["steps"]["minimum"] == 1
+    assert properties["style_weight"]["default"] == 45.0 and properties["steps"]["minimum"] == 1
     assert properties["ema"]["exclusiveMaximum"] == 1 and properties["lr"]["default"] is None
     assert properties["pooling"]["enum"] == ["max", "avg"]
     assert properties["size"]["description"] == "long edge of the output, in pixels"

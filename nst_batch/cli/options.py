@@ -325,6 +325,23 @@ CudaGraphs = Annotated[
         help="Replay each step as a CUDA graph (default: on).",
     ),
 ]
+MaxMemory = Annotated[
+    float | None,
+    typer.Option(
+        metavar="GB",
+        help="Memory budget of a job in GB; larger images are optimized tile by tile (exactly) "
+        "and the optimizer state shrinks to fit (default: the device's free memory, on a CPU "
+        "the available RAM, less 15%).",
+    ),
+]
+Tile = Annotated[
+    int | None,
+    typer.Option(
+        metavar="PX",
+        help="Evaluate in tiles of PX pixels (plus a halo) even when the image fits "
+        "(default: only when it does not fit the budget).",
+    ),
+]
 # Hidden aliases: the names users of neural-style and its ports type.
 NumSteps = Annotated[int | None, typer.Option("--num-steps", hidden=True)]
 OriginalColors = Annotated[bool, typer.Option("--original-colors", "--preserve-color", hidden=True)]

@@ -48,6 +48,8 @@ def run_command(
     line_search: opt.LineSearch = None,
     device: opt.Device = None,
     weights: opt.Weights = None,
+    max_memory: opt.MaxMemory = None,
+    tile: opt.Tile = None,
     settings: list[str] | None = typer.Option(
         None, "--set", help="Any other default stylize parameter, KEY=VALUE (repeatable)."
     ),

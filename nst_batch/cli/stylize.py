@@ -21,7 +21,7 @@ from nst_batch.cli.common import (
 )
 from nst_batch.config import OutputConfig
 from nst_batch.errors import ConfigError
-from nst_batch.jobs.sidecar import sidecar_path
+from nst_batch.jobs.sidecar import Sidecar, sidecar_path
 from nst_batch.params import OUTPUT_KEYS, PRESETS, build_config, parse_floats, parse_layers
 
 if TYPE_CHECKING:
@@ -81,6 +81,8 @@ def stylize_command(
     check_onnx: opt.CheckOnnx = None,
     precision: opt.Precision = None,
     cuda_graphs: opt.CudaGraphs = None,
+    max_memory: opt.MaxMemory = None,
+    tile: opt.Tile = None,
     num_steps: opt.NumSteps = None,
     original_colors: opt.OriginalColors = False,
     style_blend_weights: opt.StyleBlendWeights = None,
@@ -138,6 +140,12 @@ def _run_stylize(
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
+def top_history(sidecar: Sidecar) -> int:
+    """The L-BFGS history the job asked for (0 for Adam), to tell a plan that shortened it."""
+    optim = sidecar.parameters["optim"]
+    return int(optim["history_size"]) if optim["optimizer"] == "lbfgs" else 0
+
+
 def _report(result: StylizeResult, output: Path) -> None:
     sidecar = result.sidecar
     verb = "interrupted; saved best image so far to" if result.interrupted else "wrote"
@@ -152,6 +160,9 @@ def _report(result: StylizeResult, output: Path) -> None:
     )
     if not sidecar.converged:
         stderr().print(optimization_failed(sidecar.convergence, str(output)), soft_wrap=True)
+    memory = sidecar.memory
+    if memory is not None and (memory.tile or memory.history_size != top_history(sidecar)):
+        stderr().print(f"memory: {memory.describe()}", soft_wrap=True)
     if sidecar.cuda_graphs.startswith("fallback"):
         stderr().print(
             f"[bold yellow]warning:[/] CUDA graphs {sidecar.cuda_graphs}; the job ran eagerly",

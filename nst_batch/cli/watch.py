@@ -41,6 +41,8 @@ def watch_command(
     line_search: opt.LineSearch = None,
     device: opt.Device = None,
     weights: opt.Weights = None,
+    max_memory: opt.MaxMemory = None,
+    tile: opt.Tile = None,
     targets_backend: opt.Targets = None,
     params: list[str] | None = typer.Option(
         None, "--param", help="Any other default parameter as KEY=VALUE (repeatable)."

@@ -47,11 +47,12 @@ PAPER_STYLE_LAYERS: tuple[tuple[str, float], ...] = (
 # relu4_1/relu5_1 (receptive fields of 68 and 156 px) that closely copies object-level structure
 # of the painting into the photo: faces, eyes, hands. Weighting towards the shallow layers keeps
 # the brushwork, palette and shapes without the objects (benchmarks/results/style-panel-*).
-# Paired with style_weight 30 so the shallow layers' texture distance is no worse than before.
+# Paired with style_weight 45, which keeps the shallow layers' texture distance below the old
+# default's on the panel (30 did not quite: benchmarks/results/style-panel-512-cpu.md).
 DEFAULT_STYLE_LAYERS: tuple[tuple[str, float], ...] = tuple(
     (name, w / 341) for (name, _), w in zip(PAPER_STYLE_LAYERS, (256, 64, 16, 4, 1), strict=True)
 )
-DEFAULT_STYLE_WEIGHT = 30.0
+DEFAULT_STYLE_WEIGHT = 45.0
 DEFAULT_CONTENT_LAYERS: tuple[tuple[str, float], ...] = (("relu4_2", 1.0),)
 
 
@@ -223,9 +224,22 @@ def content_terms(
     ``"mse"``: ``mean (F - P)^2`` (the paper's value times ``2 / (C H W)``).
     ``"relative"``: ``sum (F - P)^2 / sum P^2``.
     """
+    return content_from_sum(squared_error(features, target), target, normalization)
+
+
+def squared_error(features: Tensor, target: Tensor) -> Tensor:
+    """``sum (F - P)^2`` of each image (B, ...) -> (B,), in float32 or wider: a sum over positions,
+    so the sums of a map's tiles add up to the map's (:mod:`nst_batch.engine.tiled`)."""
+    return _per_image(features, target, "sum")
+
+
+def content_from_sum(error: Tensor, target: Tensor, normalization: Normalize) -> Tensor:
+    """:func:`content_terms` from the summed squared error (B,) of the whole map: linear in it."""
     if normalization == "paper":
-        return 0.5 * _per_image(features, target, "sum")
-    return _per_image(features, target, "mean" if normalization == "mse" else "relative")
+        return 0.5 * error
+    if normalization == "mse":
+        return error / target[0].numel()
+    return error / _wide(target).pow(2).sum(dim=tuple(range(1, target.dim()))).clamp_min(1e-12)
 
 
 def style_terms(
@@ -294,13 +308,25 @@ def compute_targets(
     of their Gram matrices, ``A = sum_k w_k A_k / sum_k w_k``; ``blend=None`` weighs them equally.
     """
     styles = [style_features] if isinstance(style_features, Mapping) else list(style_features)
-    weights = [1.0] * len(styles) if blend is None else [float(w) for w in blend]
-    if len(weights) != len(styles) or sum(weights) <= 0 or min(weights) < 0:
-        raise ValueError(f"style blend {weights} does not fit {len(styles)} style image(s)")
+    grams = [{n: gram(f[n]) for n, _ in config.style_layers} for f in styles]
+    return blend_targets(content_features, grams, config, blend)
+
+
+def blend_targets(
+    content_features: Mapping[str, Tensor],
+    style_grams: Sequence[Mapping[str, Tensor]],
+    config: LossConfig,
+    blend: Sequence[float] | None = None,
+) -> Targets:
+    """:func:`compute_targets` from the style images' Gram matrices (however computed: whole
+    or tile by tile, :mod:`nst_batch.engine.tiled`)."""
+    weights = [1.0] * len(style_grams) if blend is None else [float(w) for w in blend]
+    if len(weights) != len(style_grams) or sum(weights) <= 0 or min(weights) < 0:
+        raise ValueError(f"style blend {weights} does not fit {len(style_grams)} style image(s)")
     total = sum(weights)
     content = {n: content_features[n].detach() for n, _ in config.content_layers}
     style = {
-        n: sum(w / total * gram(f[n]).detach() for w, f in zip(weights, styles, strict=True))
+        n: sum(w / total * g[n].detach() for w, g in zip(weights, style_grams, strict=True))
         for n, _ in config.style_layers
     }
     return Targets(content=content, style=style)  # type: ignore[arg-type]
@@ -362,16 +388,32 @@ def weighted_terms(
     weights: ObjectiveWeights,
 ) -> LossTerms:
     """The weighted Gatys terms of each image of a batch (B, 3, H, W): each field is (B,)."""
+    grams = {name: gram(features[name]) for name, _ in weights.style}
+    errors = {
+        name: squared_error(features[name], targets.content[name]) for name, _ in weights.content
+    }
+    return terms_from_statistics(image, grams, errors, targets, weights)
+
+
+def terms_from_statistics(
+    image: Tensor,
+    grams: Mapping[str, Tensor],
+    errors: Mapping[str, Tensor],
+    targets: Targets,
+    weights: ObjectiveWeights,
+) -> LossTerms:
+    """The weighted terms (B,) from the image's per-layer statistics: Gram matrices (B, C, C)
+    and summed squared content errors (B,). Both are sums over positions, which is what lets
+    :mod:`nst_batch.engine.tiled` accumulate them tile by tile and still get the exact loss."""
     zero = image.new_zeros(image.shape[0], dtype=_wide(image).dtype)
     content, style, tv = zero, zero, zero
     for name, w in weights.content:
-        content = content + w * content_terms(
-            features[name], targets.content[name], weights.normalization
+        error = errors[name]
+        content = content + w * content_from_sum(
+            error, targets.content[name], weights.normalization
         )
     for name, w in weights.style:
-        style = style + w * style_terms(
-            gram(features[name]), targets.style[name], weights.normalization
-        )
+        style = style + w * style_terms(grams[name], targets.style[name], weights.normalization)
     if weights.tv is not None:
         tv = weights.tv * tv_terms(image, weights.tv_kind, weights.tv_exponent)
     return LossTerms(content=content, style=style, tv=tv, total=content + style + tv)

@@ -28,6 +28,7 @@ from torch import Tensor
 from nst_batch.engine.graphs import Replay
 from nst_batch.engine.lbfgs import BatchedLBFGS, LineSearch
 from nst_batch.engine.losses import LossTerms
+from nst_batch.engine.memory import MemoryPlan
 from nst_batch.validation import check_fields
 
 OptimizerName = Literal["lbfgs", "adam"]
@@ -104,6 +105,21 @@ StopReason = Literal["steps", "converged", "time", "interrupted"]
 
 
 Terms = tuple[float, float, float, float]  # an image's (total, content, style, tv)
+# x (B, 3, H, W) -> each image's terms and the gradient of their sum, (B, 3, H, W)
+ValueAndGrad = Callable[[Tensor], tuple[LossTerms, Tensor]]
+
+
+def autograd_gradient(loss_fn: Callable[[Tensor], LossTerms]) -> ValueAndGrad:
+    """The terms of ``loss_fn`` and their gradient by one backward pass through it."""
+
+    def value_and_grad(x: Tensor) -> tuple[LossTerms, Tensor]:
+        with torch.enable_grad():
+            leaf = x if x.requires_grad else x.detach().requires_grad_(True)
+            terms = loss_fn(leaf)
+            (grad,) = torch.autograd.grad(terms.total.sum(), leaf)
+        return terms, grad
+
+    return value_and_grad
 
 
 @dataclass
@@ -121,6 +137,7 @@ class OptimizeResult:
     failures: tuple[str, ...] = ()
     # CUDA graphs: "on", "off" (not CUDA, or disabled) or "fallback: <reason>" (ran eagerly)
     graphs: str = "off"
+    memory: MemoryPlan | None = None  # how the (last) optimization fitted its memory budget
 
     @property
     def interrupted(self) -> bool:
@@ -145,11 +162,11 @@ class _Iterates:
     """The loop's device-side state. Every tensor is allocated once, before the loop: a CUDA
     graph of :meth:`evaluate` replays into these same buffers."""
 
-    def __init__(self, init: Tensor, loss_fn: Callable[[Tensor], LossTerms], ema: float) -> None:
+    def __init__(self, init: Tensor, gradient: ValueAndGrad, ema: float) -> None:
         x = init.detach().clone().clamp_(0, 1).contiguous().requires_grad_(True)
         self.x = x  # (B, 3, H, W), the optimized pixels
         self.b = x.shape[0]
-        self.loss_fn, self.ema = loss_fn, ema
+        self.gradient, self.ema = gradient, ema
         self.best_image = x.detach().clone()
         self.current = x.detach().clone()  # the latest evaluated iterate, as reported
         self.average = x.detach().clone() if ema else None
@@ -168,8 +185,7 @@ class _Iterates:
             self.current.copy_(x)
             if self.average is not None:
                 self.average.lerp_(self.current, 1 - self.ema)
-        terms = self.loss_fn(x)
-        (grad,) = torch.autograd.grad(terms.total.sum(), x)
+        terms, grad = self.gradient(x)
         with torch.no_grad():
             values = torch.stack([terms.total, terms.content, terms.style, terms.tv])
             values = values.reshape(4, self.b).to(self.best_loss.dtype)
@@ -189,8 +205,8 @@ class _Iterates:
         """The image to return and its per-image terms (none when nothing was evaluated)."""
         image, terms = self.best_image, self.best_terms
         if self.average is not None and evaluated:
+            t, _ = self.gradient(self.average)
             with torch.no_grad():
-                t = self.loss_fn(self.average)
                 image = self.average
                 terms = torch.stack([t.total, t.content, t.style, t.tv]).reshape(4, self.b)
         rows: list[Terms] = [tuple(c) for c in terms.T.tolist()] if evaluated else []
@@ -252,6 +268,7 @@ def optimize(
     graphs: bool = True,
     cancel_check: Callable[[], None] | None = None,
     min_steps: int = 0,
+    gradient: ValueAndGrad | None = None,
 ) -> OptimizeResult:
     """Minimise ``loss_fn`` over the pixels of ``init`` (B, 3, H, W), kept in [0, 1].
 
@@ -262,9 +279,10 @@ def optimize(
     CUDA graph on CUDA (no effect elsewhere). ``cancel_check`` is called before every step (also
     between the host reads of ``sync_every``, unlike ``callback``); whatever it raises ends the
     loop and propagates (how a daemon cancels a job within one step). The time budget stops the
-    loop only after ``min_steps`` steps.
+    loop only after ``min_steps`` steps. ``gradient`` evaluates terms and gradient in place of
+    a backward pass through ``loss_fn`` (:class:`~nst_batch.engine.tiled.TiledObjective`).
     """
-    state = _Iterates(init, loss_fn, config.ema)
+    state = _Iterates(init, gradient or autograd_gradient(loss_fn), config.ema)
     x = state.x
     if config.optimizer == "adam":
         # capturable: the step count lives on the device, so the whole step can be a graph.

@@ -20,6 +20,7 @@ import torch
 
 from nst_batch.config import StylizeConfig
 from nst_batch.engine.graphs import resolve_precision
+from nst_batch.engine.memory import MemoryPlan
 from nst_batch.engine.optimize import OptimizeResult, Progress
 from nst_batch.engine.weights import Weights, sha256_file
 from nst_batch.version import __version__
@@ -77,6 +78,9 @@ class Sidecar:
     # "on", "off" (CPU, or --no-cuda-graphs) or "fallback: <reason>" (a capture or replay
     # failed on this driver and the job ran eagerly)
     cuda_graphs: str = "off"
+    # How the final level fitted its memory budget: tiles, L-BFGS history or Adam, the estimate
+    # and the budget (nst_batch.engine.memory); None in sidecars of versions before it
+    memory: MemoryPlan | None = None
     files: dict[str, str] = field(default_factory=dict)  # extra files: sheet, loss_plot
     parameter_hash: str = ""
 
@@ -100,6 +104,8 @@ class Sidecar:
         values = {k: v for k, v in record.items() if k in names}
         values["final_loss"] = FinalLoss(**record["final_loss"])
         values["pyramid"] = [Level(**level) for level in record["pyramid"]]
+        if record.get("memory") is not None:
+            values["memory"] = MemoryPlan(**record["memory"])
         return cls(**values)
 
 
@@ -122,6 +128,9 @@ def parameter_hash(content: Path, styles: Sequence[Path], config: StylizeConfig)
     for name in ("device", "targets_backend", "cuda_graphs"):  # same numbers however computed
         settings["model"].pop(name)
     settings.pop("max_pixels")  # which inputs are accepted, not what is made of them
+    # Tiles give the same numbers; the budget only matters when the optimizer state does not
+    # fit, and what was chosen then is in the sidecar's "memory".
+    settings.pop("memory")
     settings["optim"].pop("sync_every")  # when the host reads losses, not what they are
     record = {
         "content": sha256_file(Path(content)),
@@ -214,6 +223,7 @@ def make_sidecar(
         converged=result.converged,
         convergence="" if result.converged else "; ".join(filter(None, result.failures)),
         cuda_graphs=result.graphs,
+        memory=result.memory,
         final_loss=FinalLoss(*terms),
         loss_history=_sampled(result.history),
         files=files,
