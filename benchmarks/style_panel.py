@@ -63,18 +63,24 @@ def run_pair(
     return output, time.perf_counter() - start
 
 
-def sheet(rows: dict[str, list[Path]], labels: list[str], path: Path) -> None:
-    """A grid of the outputs' thumbnails: one captioned row per pair, one column per preset.
-    The inputs themselves stay out (they are not the project's to copy); rows name them."""
-    thumbs = {pair: [resize_long_edge(open_rgb(p), THUMB) for p in ps] for pair, ps in rows.items()}
-    cell_w = max(t.width for row in thumbs.values() for t in row)
-    cell_h = max(t.height for row in thumbs.values() for t in row)
+def sheet(rows: dict[str, list[Path | None]], labels: list[str], path: Path) -> None:
+    """A grid of the outputs' thumbnails: one captioned row per pair, one column per preset
+    (blank where a preset did not run). The inputs themselves stay out (they are not the
+    project's to copy); rows name them."""
+    thumbs = {
+        pair: [resize_long_edge(open_rgb(p), THUMB) if p else None for p in ps]
+        for pair, ps in rows.items()
+    }
+    cell_w = max(t.width for row in thumbs.values() for t in row if t)
+    cell_h = max(t.height for row in thumbs.values() for t in row if t)
     caption = 16
     grid = Image.new("RGB", (cell_w * len(labels), (caption + cell_h) * len(rows)), "white")
     draw = ImageDraw.Draw(grid)
     for r, (pair, row) in enumerate(thumbs.items()):
         top = r * (caption + cell_h)
         for c, thumb in enumerate(row):
+            if thumb is None:
+                continue
             draw.text((c * cell_w + 4, top + 2), f"{pair}: {labels[c]}", fill="black")
             grid.paste(thumb, (c * cell_w, top + caption))
     grid.save(path, quality=88)
@@ -86,12 +92,16 @@ def main() -> None:
     parser.add_argument("--photos", default=",".join(PHOTOS))
     parser.add_argument("--paintings", default=",".join(PAINTINGS))
     parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument(
+        "--old-photos", help="photos the first preset runs on (default: all; the rest compare)"
+    )
     parser.add_argument("--steps", type=int, help="final-level steps (default: the preset's)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--fresh", action="store_true", help="rerun pairs already done")
     args = parser.parse_args()
     photos, paintings = args.photos.split(","), args.paintings.split(",")
     presets = args.presets.split(",")
+    old_photos = args.old_photos.split(",") if args.old_photos else photos
     out_dir = args.out / f"style-panel-{args.size}"
     out_dir.mkdir(parents=True, exist_ok=True)
     models = ModelPool()
@@ -108,29 +118,41 @@ def main() -> None:
         "| photo | painting | preset | style | shallow | deep | content | wall s |",
         "|---|---|---|---|---|---|---|---|",
     )
-    rows: dict[str, list[Path]] = {}
-    summary: dict[str, list[tuple[float, float, float]]] = {r: [] for r in presets}
+    rows: dict[str, list[Path | None]] = {}
+    summary: dict[str, list[tuple[str, float, float, float]]] = {r: [] for r in presets}
     for photo in photos:
         for painting in paintings:
             content, style = SHARED / f"{photo}.jpg", SHARED / f"{painting}.jpg"
             row = rows.setdefault(f"{photo} + {painting}", [])
             for preset in presets:
+                if preset == presets[0] and photo not in old_photos and len(presets) > 1:
+                    row.append(None)
+                    continue
                 output, wall = run_pair(
                     photo, painting, preset, args.size, args.steps, out_dir, models, args.fresh
                 )
                 s = score(output, content, style, metrics, models)
                 shallow = statistics.mean(s.per_layer[n] for n in SHALLOW)
                 deep = statistics.mean(s.per_layer[n] for n in DEEP)
-                summary[preset].append((shallow, deep, s.content))
+                summary[preset].append((f"{photo}+{painting}", shallow, deep, s.content))
                 report.add(
                     f"| {photo} | {painting} | {preset} | {s.style:.3f} | {shallow:.3f} | "
                     f"{deep:.3f} | {s.content:.3f} | {wall:.0f} |"
                 )
                 row.append(output)
-    report.add("", "| preset | mean shallow | mean deep | mean content |", "|---|---|---|---|")
+    report.add(
+        "", "| preset | pairs | mean shallow | mean deep | mean content |", "|---|---|---|---|---|"
+    )
+    both = set.intersection(*({v[0] for v in values} for values in summary.values()))
     for preset, values in summary.items():
-        shallow, deep, content = (statistics.mean(v) for v in zip(*values, strict=True))
-        report.add(f"| {preset} | {shallow:.3f} | {deep:.3f} | {content:.3f} |")
+        for label, chosen in (("all", values), ("both", [v for v in values if v[0] in both])):
+            if not chosen or (label == "both" and len(chosen) == len(values)):
+                continue
+            shallow, deep, content = (
+                statistics.mean(v) for v in list(zip(*chosen, strict=True))[1:]
+            )
+            pairs = f"{len(chosen)}" + (" (run with both presets)" if label == "both" else "")
+            report.add(f"| {preset} | {pairs} | {shallow:.3f} | {deep:.3f} | {content:.3f} |")
     report.save(args.out / f"style-panel-{args.size}-cpu.md")
     sheet(rows, presets, args.out / f"style-panel-{args.size}.jpg")
 

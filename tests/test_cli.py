@@ -220,7 +220,7 @@ def test_stylize_help_shows_every_default_and_no_markup_is_eaten() -> None:
         ("--steps N", "(default: 300; presets change it)"),
         ("--optimizer <lbfgs|adam>", "(default: lbfgs)"),
         ("--content-weight W", "(default: 1)"),
-        ("--style-weight W", "(default: 30)"),
+        ("--style-weight W", "(default: 45)"),
         ("--tv-weight W", "(default: 1)"),
         ("--init content|noise|PATH", "(default: content)"),
         ("--device auto|cpu|cuda[:N]|mps", "(default: auto)"),

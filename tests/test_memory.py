@@ -41,7 +41,7 @@ def test_plan_tiles_then_shortens_the_history_then_adam() -> None:
     assert tight.tile is not None and 5 <= tight.history_size < 100 and tight.estimate_gb <= 5.6
     tighter = plan(MemoryConfig(), LAYERS, PHONE, "bf16", "lbfgs", 100, 3 * GB)
     assert tighter.optimizer == "adam" and tighter.history_size == 0
-    with pytest.raises(ConfigError, match="needs at least .* GB"):
+    with pytest.raises(ConfigError, match=r"needs at least .* GB"):
         plan(MemoryConfig(), LAYERS, PHONE, "bf16", "lbfgs", 100, 1 * GB)
 
 

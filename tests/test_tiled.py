@@ -127,3 +127,27 @@ def test_tiled_optimization_follows_the_untiled_one(weights: Weights) -> None:
     assert untiled.losses[0] < 0.5 * untiled.start_losses[0]  # it did optimize
     assert tiled.losses == pytest.approx(untiled.losses, rel=1e-9)
     assert (tiled.image - untiled.image).abs().max() < 1e-7
+
+
+@pytest.mark.gpu
+def test_tiled_evaluation_replays_as_a_cuda_graph(weights: Weights) -> None:
+    """On CUDA the whole tiled evaluation (both passes, every tile) is one captured graph: the
+    replayed iterates equal the eager ones."""
+    config = SHALLOW
+    model, targets, loss_weights, x = _problem(weights, config, 75, 101, 2, torch.float32)
+    model, x = model.cuda(), x.cuda()
+    targets = type(targets)(
+        content={k: v.cuda() for k, v in targets.content.items()},
+        style={k: v.cuda() for k, v in targets.style.items()},
+    )
+    loss_weights = objective_weights([config] * 2, "cuda")
+    tiled = TiledObjective(model, targets, loss_weights, 24)
+
+    def loss_fn(image: torch.Tensor) -> LossTerms:
+        return weighted_terms(image, model(image), targets, loss_weights)
+
+    steps = OptimConfig(steps=10)
+    graphed = optimize(x, loss_fn, steps, graphs=True, gradient=tiled)
+    eager = optimize(x, loss_fn, steps, graphs=False, gradient=tiled)
+    assert graphed.graphs == "on"
+    assert torch.allclose(graphed.image, eager.image, atol=1e-4)

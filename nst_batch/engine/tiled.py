@@ -184,6 +184,8 @@ class TiledObjective:
         self.layers = self.style + self.content
 
     def tiles(self, x: Tensor) -> list[Tile]:
+        if not self.layers:
+            return []
         return tile_grid(x.shape[-2], x.shape[-1], self.tile, self.layers)
 
     def _statistics(self, crop: Tensor, tile: Tile, full: tuple[int, int]) -> _Statistics:
@@ -207,7 +209,9 @@ class TiledObjective:
         # Pass 1: the image's statistics, summed over the tiles' interiors (as they come: a
         # print-size image has hundreds of tiles, each with megabytes of Gram matrices).
         with torch.no_grad():
-            stats = self._statistics(tiles[0].crop(x), tiles[0], full)
+            stats = _Statistics({}, {})  # no network layer is weighted: the TV alone
+            if tiles:
+                stats = self._statistics(tiles[0].crop(x), tiles[0], full)
             for t in tiles[1:]:
                 part = self._statistics(t.crop(x), t, full)
                 for name in self.style:
