@@ -22,7 +22,7 @@ TemporalWeight = Annotated[
     typer.Option(
         metavar="W",
         help="Weight of the temporal term (mean squared difference to the warped previous "
-        "stylized frame on consistent pixels) (default: 300).",
+        "stylized frame on consistent pixels) (default: 100).",
     ),
 ]
 FrameSteps = Annotated[

@@ -13,6 +13,7 @@ from; ``flow(a, b)[y, x]`` says where pixel (x, y) of ``a`` is in ``b``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from torch import Tensor
 from nst_batch.errors import ConfigError
 
 FLOW_METHOD = "opencv-dis-medium"  # what sidecars record
+Resample = Literal["bilinear", "bicubic", "nearest"]
 
 # Ruder et al.'s thresholds (their consistencyChecker): disocclusion where the round trip misses
 # by more than 1% of the flows' squared lengths plus half a pixel squared; motion boundary where
@@ -69,11 +71,13 @@ def _grid(flow: np.ndarray | Tensor, device: torch.device) -> Tensor:
     return torch.stack([x, y], dim=-1)[None]  # (1, H, W, 2)
 
 
-def warp(image: Tensor, flow: np.ndarray | Tensor) -> Tensor:
-    """``image`` (B, C, H, W) sampled at x + flow(x) (bilinear, edges repeated): with ``flow``
-    from frame t to frame t-1 and ``image`` frame t-1, frame t-1 moved to where frame t is."""
+def warp(image: Tensor, flow: np.ndarray | Tensor, mode: Resample = "bilinear") -> Tensor:
+    """``image`` (B, C, H, W) sampled at x + flow(x), edges repeated: with ``flow`` from frame t
+    to frame t-1 and ``image`` frame t-1, frame t-1 moved to where frame t is. Bicubic (may
+    overshoot [0, 1] a little: clamp) keeps a stylized frame's brush strokes sharp where
+    bilinear blurs them a little more at every frame of a clip."""
     grid = _grid(flow, image.device).to(image.dtype).expand(image.shape[0], -1, -1, -1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return F.grid_sample(image, grid, mode=mode, padding_mode="border", align_corners=True)
 
 
 def inside(flow: np.ndarray) -> np.ndarray:
