@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from nst_batch.cli import app
 from nst_batch.demo import swirl_painting
 from nst_batch.engine.temporal import masked_fill, temporal_terms
+from nst_batch.images import to_tensor
 from nst_batch.params import build_config
 from nst_batch.video.flow import consistent, frame_flow, inside, optical_flow, warp
 from nst_batch.video.io import ClipRange, frame_name, numbered_frames, read_clip
@@ -258,3 +259,30 @@ def test_folder_of_frames_in_and_out_and_its_scores(tmp_path: Path, style: Path)
     scored = runner.invoke(app, ["score-video", str(repeated), str(still), str(style), "--json"])
     assert scored.exit_code == 0, scored.output
     assert json.loads(scored.output)["warping_error"] < 1e-6
+
+
+def test_the_temporal_term_pulls_the_trusted_pixels_only(weights) -> None:  # type: ignore[no-untyped-def]
+    from nst_batch.engine.temporal import Temporal
+    from nst_batch.transfer import stylize_tensors
+    from tests.conftest import make_model
+
+    config = build_config(size=48, steps=4, device="cpu")
+    model = make_model(weights, config.loss.layers)
+    content = to_tensor(content_picture(48, 32))  # (1, 3, 32, 48)
+    style = to_tensor(swirl_painting(48, seed=1, strokes=200))
+    target = torch.full_like(content, 0.5)  # a grey "previous frame"
+    mask = torch.zeros(1, 1, 32, 48)
+    mask[..., :24] = 1  # the left half is trusted
+    pulled = stylize_tensors(content, [style], config, model, temporal=Temporal(target, mask, 1e4))
+    free = stylize_tensors(content, [style], config, model)
+    left = (pulled.image - target)[..., :24].abs().mean()
+    assert left < 0.5 * (free.image - target)[..., :24].abs().mean()
+    # The untrusted right half is not pulled: it stays as far from the target as without it.
+    right = (pulled.image - target)[..., 24:].abs().mean()
+    assert right > 2 * left
+    # The start: the temporal init when one is given.
+    started = stylize_tensors(
+        content, [style], build_config(size=48, steps=1, device="cpu"), model,
+        temporal=Temporal(target, mask, 0.0, init=target),
+    )  # fmt: skip
+    assert (started.image - target).abs().max() < 0.2
