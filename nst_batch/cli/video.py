@@ -14,8 +14,7 @@ from nst_batch.cli.stylize import _configs
 
 if TYPE_CHECKING:
     from nst_batch.config import StylizeConfig
-    from nst_batch.engine.optimize import Progress
-    from nst_batch.video.run import VideoConfig
+    from nst_batch.video.run import FrameRecord, VideoConfig
 
 TemporalWeight = Annotated[
     float | None,
@@ -132,13 +131,14 @@ def _run_video(
 ) -> None:
     from nst_batch.video.run import stylize_video, work_folder
 
-    def report(index: int, count: int, p: Progress) -> None:
-        if p.step == p.total:
-            print(
-                f"frame {index + 1}/{count}: {p.step} steps, loss {p.loss:.4g}, {p.elapsed:.1f}s",
-                file=sys.stderr,
-                flush=True,
-            )
+    def done(record: FrameRecord) -> None:
+        trusted = "" if record.trusted is None else f", {record.trusted:.0%} of pixels warped"
+        print(
+            f"frame {record.index + 1}: {record.steps} steps from {record.init}, "
+            f"{record.seconds:.1f}s{trusted}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     stopped = f"interrupted; finished frames kept in {work_folder(output)}; rerun to go on"
     with mapped_errors(interrupted=stopped), sigterm_as_ctrl_c():
@@ -148,7 +148,7 @@ def _run_video(
             output,
             config,
             video,
-            report,
+            frame_done=done,
         )
     record = result.record
     resumed = f", {result.resumed} resumed" if result.resumed else ""
