@@ -37,6 +37,7 @@ from nst_batch.engine.model import resolve_device
 from nst_batch.engine.optimize import OptimizeResult, Progress
 from nst_batch.engine.temporal import Temporal, masked_fill, temporal_terms
 from nst_batch.engine.weights import sha256_file
+from nst_batch.errors import VideoError
 from nst_batch.images import open_rgb, save_image, to_pil, to_tensor, write_atomic
 from nst_batch.pool import ModelPool
 from nst_batch.transfer import stylize_tensors
@@ -246,6 +247,8 @@ def stylize_video(
     video = video or VideoConfig()
     source, output = Path(source), Path(output)
     check_output(output)
+    if output.resolve() == source.resolve():
+        raise VideoError(f"{output}: is the input; write the stylized clip elsewhere")
     clip = read_clip(source, video.part, config.size)
     style_imgs = [open_rgb(Path(s), config.max_pixels) for s in styles]
     check_fits(config, clip.frames[0].size, [s.size for s in style_imgs])
