@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from nst_batch.cli import app
 from nst_batch.demo import swirl_painting
 from nst_batch.engine.temporal import masked_fill, temporal_terms
+from nst_batch.errors import VideoError
 from nst_batch.images import to_tensor
 from nst_batch.params import build_config
 from nst_batch.video.flow import consistent, frame_flow, inside, optical_flow, warp
@@ -286,3 +287,19 @@ def test_the_temporal_term_pulls_the_trusted_pixels_only(weights) -> None:  # ty
         temporal=Temporal(target, mask, 0.0, init=target),
     )  # fmt: skip
     assert (started.image - target).abs().max() < 0.2
+
+
+def test_start_duration_and_fps_pick_frames_by_time(tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in (1, 2, 10, 11, 3):  # numbered, not zero-padded: ordered by number, not by name
+        Image.new("RGB", (40, 30), (i * 20, 0, 0)).save(folder / f"f{i}.png")
+    (folder / "notes.txt").write_text("not a frame")
+    order = [p.name for p in numbered_frames(folder)]
+    assert order == ["f1.png", "f2.png", "f3.png", "f10.png", "f11.png"]
+    # A folder at 10 fps: 0.1 s to 0.35 s holds the 2nd to 4th frames (t = 0.1, 0.2, 0.3).
+    clip = read_clip(folder, ClipRange(start=0.1, duration=0.25, fps=10), 20)
+    assert [f.getpixel((0, 0))[0] for f in clip.frames] == [40, 60, 200]
+    assert clip.frames[0].size == (20, 15) and clip.fps == 10
+    with pytest.raises(VideoError, match="no frames"):
+        read_clip(folder, ClipRange(start=9), None)
