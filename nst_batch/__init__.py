@@ -4,11 +4,20 @@ from nst_batch.config import OutputConfig, StylizeConfig
 from nst_batch.engine.losses import LossConfig
 from nst_batch.engine.model import ModelConfig
 from nst_batch.engine.optimize import OptimConfig, Progress
-from nst_batch.errors import ConfigError, ImageError, ManifestError, NstError, WeightsError
+from nst_batch.errors import (
+    ConfigError,
+    ImageError,
+    ManifestError,
+    NstError,
+    VideoError,
+    WeightsError,
+)
 from nst_batch.jobs.run import StylizeResult, stylize
 from nst_batch.manifest import ManifestConfig, Report, RunCallbacks, Shard, run_manifest
 from nst_batch.params import PRESETS, build_config
 from nst_batch.version import __version__
+from nst_batch.video.run import VideoConfig, VideoResult, stylize_video
+from nst_batch.video.score import VideoScores, score_video
 
 __all__ = [
     "PRESETS",
@@ -27,9 +36,15 @@ __all__ = [
     "Shard",
     "StylizeConfig",
     "StylizeResult",
+    "VideoConfig",
+    "VideoError",
+    "VideoResult",
+    "VideoScores",
     "WeightsError",
     "__version__",
     "build_config",
     "run_manifest",
+    "score_video",
     "stylize",
+    "stylize_video",
 ]

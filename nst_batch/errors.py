@@ -36,3 +36,7 @@ class OnnxError(NstError):
 
 class ParityError(OnnxError):
     """ONNX Runtime and the torch engine disagree beyond tolerance on the same input."""
+
+
+class VideoError(NstError):
+    """A video or a folder of frames is missing, unreadable or cannot be written."""

@@ -30,6 +30,7 @@ from nst_batch.engine.losses import (
 )
 from nst_batch.engine.memory import MemoryPlan, budget_bytes, plan
 from nst_batch.engine.optimize import OptimConfig, OptimizeResult, Progress, optimize
+from nst_batch.engine.temporal import Temporal, temporal_terms
 from nst_batch.engine.tiled import TiledObjective, tiled_features
 from nst_batch.engine.vgg import VGG19Features
 from nst_batch.errors import ConfigError
@@ -70,6 +71,7 @@ def stylize_tensors(
     model: VGG19Features,
     progress: Callable[[Progress], None] | None = None,
     target_model: Callable[[Tensor], dict[str, Tensor]] | None = None,
+    temporal: Temporal | None = None,
 ) -> OptimizeResult:
     """Optimize an image shaped like ``content`` (1, 3, H, W) towards the styles' Gram statistics.
 
@@ -79,9 +81,13 @@ def stylize_tensors(
     of the next, with targets taken anew at every size. Steps in the reported progress count
     across all scales. ``target_model`` computes the targets (forward only) when given, e.g.
     the ONNX Runtime copy of ``model``; the optimization always differentiates ``model``.
+    ``temporal`` (a video frame after the first) adds its term at the final level and gives its
+    start (see :func:`stylize_batch_tensors`).
     """
     styles = [styles] if isinstance(styles, Tensor) else list(styles)
-    return stylize_batch_tensors([content], [styles], [config], model, progress, target_model)
+    return stylize_batch_tensors(
+        [content], [styles], [config], model, progress, target_model, temporal=temporal
+    )
 
 
 def stylize_batch_tensors(
@@ -92,6 +98,7 @@ def stylize_batch_tensors(
     progress: Callable[[Progress], None] | None = None,
     target_model: Callable[[Tensor], dict[str, Tensor]] | None = None,
     cancel_check: Callable[[], None] | None = None,
+    temporal: Temporal | None = None,
 ) -> OptimizeResult:
     """:func:`stylize_tensors` for several jobs optimized as one (B, 3, H, W) batch.
 
@@ -99,6 +106,12 @@ def stylize_batch_tensors(
     (all with the same :func:`batch_key`); targets and weights are per job, and each job's path
     is the one it takes alone. The result's image is (B, 3, H, W), its ``losses`` per job.
     ``cancel_check`` runs before each level's targets and each step (see ``optimize``).
+
+    ``temporal`` (one job: a video frame after the first) adds ``weight * temporal_terms`` to
+    each image's total at the final level (only to ``total``: the reported content, style and
+    tv terms stay the three of the objective) and starts the final level from its ``init``
+    when the pyramid has one level. That level is then evaluated untiled (autograd): the
+    temporal term has no tiled gradient.
     """
     keys = {batch_key(c) for c in configs}
     shapes = {tuple(c.shape[-2:]) for c in contents}
@@ -108,6 +121,12 @@ def stylize_batch_tensors(
     content = torch.cat([c.to(device) for c in contents])  # (B, 3, H, W)
     features = target_model or model
     pyramid = _Pyramid(configs, model, features, styles, content.dtype, progress, cancel_check)
+    if temporal is not None:  # on the model's device once, not at every evaluation
+        pyramid.temporal = dataclasses.replace(
+            temporal,
+            warped=temporal.warped.to(content),
+            mask=temporal.mask.to(content),
+        )
     history: list[Progress] = []
     failures = [""] * len(configs)  # per job: why its optimization failed, at the first bad level
     graphs: list[str] = []  # each level's CUDA-graph status
@@ -176,6 +195,7 @@ class _Pyramid:
         self.loss_weights = objective_weights([c.loss for c in configs], self.device, dtype)
         self.budget = budget_bytes(self.config.memory, self.device)  # bytes, for every level
         self.start = time.perf_counter()
+        self.temporal: Temporal | None = None  # a video frame's tie to the previous one
 
     def level(self, i: int, content: Tensor, previous: Tensor | None) -> OptimizeResult:
         """Optimize at level ``i``: content (B, 3, h, w) at its size, starting from the
@@ -194,13 +214,23 @@ class _Pyramid:
                 ]
             )
 
+        final = i == len(self.edges) - 1
+        temporal = self.temporal if final else None
+
         def loss_fn(x: Tensor) -> LossTerms:
-            return weighted_terms(x, self.differentiable(x), targets, self.loss_weights)
+            terms = weighted_terms(x, self.differentiable(x), targets, self.loss_weights)
+            if temporal is None:
+                return terms
+            # Added to the total only: the three reported terms stay the objective's.
+            extra = temporal.weight * temporal_terms(x, temporal.warped, temporal.mask)  # (B,)
+            return dataclasses.replace(terms, total=terms.total + extra.to(terms.total))
 
         gradient = None
-        if memory.tile is not None:
+        if memory.tile is not None and temporal is None:
             gradient = TiledObjective(self.differentiable, targets, self.loss_weights, memory.tile)
-        if previous is None:
+        if temporal is not None and temporal.init is not None and previous is None:
+            init = temporal.init.to(content)
+        elif previous is None:
             init = torch.cat(
                 [
                     initial_image(c.init, content[j : j + 1], c.seed, c.max_pixels)
@@ -224,7 +254,6 @@ class _Pyramid:
             if self.progress is not None:
                 self.progress(globally(p))
 
-        final = i == len(self.edges) - 1
         with precision_context(self.precision, self.device):
             result = optimize(
                 init,

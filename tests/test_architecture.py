@@ -23,10 +23,17 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("nst_batch.demo",),  # generated inputs, for the demo, verify and tests
     ("nst_batch.engine",),
     ("nst_batch.config", "nst_batch.params"),
-    ("nst_batch.transfer", "nst_batch.extras", "nst_batch.features", "nst_batch.export"),
+    (
+        "nst_batch.transfer",
+        "nst_batch.extras",
+        "nst_batch.features",
+        "nst_batch.export",
+        "nst_batch.video.flow",  # optical flow, warping, consistency
+        "nst_batch.video.io",  # PyAV decoding and encoding, folders of frames
+    ),
     ("nst_batch.pool",),
-    ("nst_batch.jobs",),
-    ("nst_batch.manifest", "nst_batch.watcher", "nst_batch.metrics"),
+    ("nst_batch.jobs", "nst_batch.video.run"),  # a clip's frames, resumably
+    ("nst_batch.manifest", "nst_batch.watcher", "nst_batch.metrics", "nst_batch.video.score"),
     ("nst_batch.distributed",),  # a runner for the manifest: above it, not below
     ("nst_batch.cli", "nst_batch.__main__", "nst_batch"),
 )

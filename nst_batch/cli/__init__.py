@@ -2,14 +2,15 @@
 
 The typer app lives here; the commands live by concern: ``stylize`` (stylize, demo, presets,
 features), ``run`` (manifests), ``watch`` (the daemon and its status), ``tools`` (weights, ONNX
-export and verify, score, schema). ``options`` declares the shared options once; ``common`` has the
-consoles, progress output and the one place library errors become exit statuses."""
+export and verify, score, schema), ``video`` (video, score-video). ``options`` declares the shared
+options once; ``common`` has the consoles, progress output and the one place library errors become
+exit statuses."""
 
 from __future__ import annotations
 
 import typer
 
-from nst_batch.cli import run, stylize, tools, watch
+from nst_batch.cli import run, stylize, tools, video, watch
 from nst_batch.version import __version__
 
 app = typer.Typer(
@@ -49,6 +50,8 @@ for _name, _command in (
     ("score", tools.score_command),
     ("run", run.run_command),
     ("schema", tools.schema_command),
+    ("video", video.video_command),
+    ("score-video", video.score_video_command),
 ):
     app.command(_name)(_command)
 
