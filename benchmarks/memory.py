@@ -1,6 +1,6 @@
 """Peak memory against image size, tiled and untiled, next to the engine's estimate.
 
-    python benchmarks/memory.py [--sizes 256,512,1024,2048] [--tiles 0,512] [--steps 2]
+    python -m benchmarks.memory [--sizes 256,512,1024] [--tiles 0,256] [--steps 2]
         [--precision bf16] [--big 4032 --max-memory 6 --big-steps 3] [--overhead 1024]
         [--out benchmarks/results]
 
@@ -133,20 +133,26 @@ def main() -> None:
     parser.add_argument("--scale-steps", type=int, default=0, help="steps at coarser levels")
     parser.add_argument("--keep", type=Path, help="save the output here (the --big job's)")
     parser.add_argument("--max-memory", type=float, default=0.0)
-    parser.add_argument("--sizes", default="256,512,1024,2048")
-    parser.add_argument("--tiles", default="0,512")
+    parser.add_argument("--sizes", default="256,512,1024")
+    parser.add_argument("--tiles", default="0,256")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--big", type=int, default=0, help="long edge of a print-size job")
     parser.add_argument("--big-steps", type=int, default=3)
+    parser.add_argument(
+        "--big-log", type=Path, help="report a finished --big child's output instead of rerunning"
+    )
     parser.add_argument("--overhead", type=int, default=0, help="time tiling at this size")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--append", action="store_true", help="add to the results file (the --big part later)"
+    )
     args = parser.parse_args()
     if args.child:
         child(args)
         return
     kind = "cuda" if torch.cuda.is_available() else "cpu"
-    report = Report(
+    header = [
         f"# Peak memory against size, tiled and untiled ({kind})",
         "",
         f"- {cpu_name()}, torch {torch.__version__}, {args.precision}, default preset "
@@ -154,10 +160,13 @@ def main() -> None:
         "- job = peak resident set less the resident set before the job (interpreter, "
         "libraries, weights); estimate = nst_batch.engine.memory",
         "",
+    ]
+    table = [
         "| size | tiles | job GB | estimate GB | estimate / job | process peak GB | wall s |",
         "|---|---|---|---|---|---|---|",
-    )
-    for size in (int(s) for s in args.sizes.split(",")):
+    ]
+    report = Report(*header, *(table if args.sizes else []))
+    for size in (int(s) for s in args.sizes.split(",") if s):
         for tile in (int(t) for t in args.tiles.split(",")):
             if tile and tile >= size:
                 continue
@@ -172,15 +181,22 @@ def main() -> None:
         big(report, args)
     if args.overhead:
         overhead(report, args.overhead, args.precision)
-    report.save(args.out / f"memory-{kind}.md")
+    path = args.out / f"memory-{kind}.md"
+    if args.append and path.is_file():
+        report.lines = [*path.read_text().splitlines(), *report.lines[len(header) :]]
+    report.save(path)
 
 
 def big(report: Report, args: argparse.Namespace) -> None:
     """The print-size job: the pyramid up to ``--big`` px within ``--max-memory``."""
     keep = args.out / f"memory-{args.big}.png"
-    r = measure(
-        args.big, 0, args.big_steps, args.precision, args.max_memory, 0, args.scale_steps, keep
-    )
+    if args.big_log:  # a child run by hand (hours on a CPU): its RESULT line
+        lines = args.big_log.read_text().splitlines()
+        r = json.loads(next(x for x in lines if x.startswith("RESULT "))[len("RESULT ") :])
+    else:
+        r = measure(
+            args.big, 0, args.big_steps, args.precision, args.max_memory, 0, args.scale_steps, keep
+        )
     w, h = r["size"]  # type: ignore[misc]
     peak = float(r["process_peak"]) / 1e9  # type: ignore[arg-type]
     verdict = "under" if peak < args.max_memory else "OVER"

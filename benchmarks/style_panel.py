@@ -86,6 +86,18 @@ def sheet(rows: dict[str, list[Path | None]], labels: list[str], path: Path) -> 
     grid.save(path, quality=88)
 
 
+def side_by_side(old: Path, new: Path, labels: tuple[str, str], path: Path) -> None:
+    """Two outputs at full size, captioned: the README's old-vs-new default picture."""
+    a, b = open_rgb(old), open_rgb(new)
+    caption, gap = 18, 8
+    grid = Image.new("RGB", (a.width + gap + b.width, caption + max(a.height, b.height)), "white")
+    draw = ImageDraw.Draw(grid)
+    for x, image, label in ((0, a, labels[0]), (a.width + gap, b, labels[1])):
+        draw.text((x + 4, 3), label, fill="black")
+        grid.paste(image, (x, caption))
+    grid.save(path, quality=90)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=512)
@@ -98,6 +110,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="final-level steps (default: the preset's)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--fresh", action="store_true", help="rerun pairs already done")
+    parser.add_argument(
+        "--existing", action="store_true", help="report the outputs made so far; run nothing"
+    )
     args = parser.parse_args()
     photos, paintings = args.photos.split(","), args.paintings.split(",")
     presets = args.presets.split(",")
@@ -125,7 +140,9 @@ def main() -> None:
             content, style = SHARED / f"{photo}.jpg", SHARED / f"{painting}.jpg"
             row = rows.setdefault(f"{photo} + {painting}", [])
             for preset in presets:
-                if preset == presets[0] and photo not in old_photos and len(presets) > 1:
+                skipped = preset == presets[0] and photo not in old_photos and len(presets) > 1
+                done = (out_dir / f"{photo}+{painting}+{preset}.json").is_file()
+                if skipped or (args.existing and not done):
                     row.append(None)
                     continue
                 output, wall = run_pair(
@@ -154,7 +171,12 @@ def main() -> None:
             pairs = f"{len(chosen)}" + (" (run with both presets)" if label == "both" else "")
             report.add(f"| {preset} | {pairs} | {shallow:.3f} | {deep:.3f} | {content:.3f} |")
     report.save(args.out / f"style-panel-{args.size}-cpu.md")
+    rows = {pair: row for pair, row in rows.items() if any(row)}  # pairs not made yet
     sheet(rows, presets, args.out / f"style-panel-{args.size}.jpg")
+    pair = rows.get("golden_gate + woman-with-hat-matisse", [])
+    if len(presets) == 2 and len(pair) == 2 and all(pair):
+        labels = (f"{presets[0]} (the old default)", f"{presets[1]}")
+        side_by_side(pair[0], pair[1], labels, args.out / f"default-look-{args.size}.jpg")  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
