@@ -3,7 +3,8 @@
 # Run as yourself, so that data/ (any owner) is writable and the results are yours:
 #        mkdir -p data/inbox
 #        docker run --gpus all --user "$(id -u):$(id -g)" -v "$PWD/data:/data" nst-batch
-#        (drop NAME.content.jpg + NAME.style.jpg into data/inbox; results land in data/outbox)
+#        (drop NAME.content.jpg + NAME.style.jpg into data/inbox; results land in data/outbox;
+#        a NAME.content.mp4 becomes data/outbox/NAME.mp4)
 # One-off: docker run --gpus all --user "$(id -u):$(id -g)" -v "$PWD/data:/data" nst-batch \
 #              stylize /data/in.jpg /data/style.jpg -o /data/out.png
 #
@@ -26,8 +27,9 @@ WORKDIR /opt/nst-batch
 RUN pip install "torch==2.13.0" "onnxruntime-gpu[cuda,cudnn]>=1.28,<2"
 COPY pyproject.toml README.md ./
 COPY nst_batch ./nst_batch
+# `video`: PyAV and headless OpenCV, so a dropped NAME.content.mp4 is stylized into NAME.mp4.
 # Refuse a second stack: no CPU onnxruntime beside onnxruntime-gpu, no CUDA 11/12 pip packages.
-RUN pip install ".[gpu]" \
+RUN pip install ".[gpu,video]" \
     && pip check \
     && ! pip list --format=freeze | grep -iE '^(onnxruntime|nvidia-[a-z0-9-]+-cu1[12])=='
 

@@ -68,3 +68,24 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
     content_picture(96, 64).save(content)
     swirl_painting(96, seed=1, strokes=400).save(style, quality=92)
     return content, style
+
+
+def tiny_clip(path: Path, frames: int = 3, fps: int = 6) -> Path:
+    """A tiny H.264 clip (64x48, the test picture panning 4 px a frame), made with PyAV."""
+    from fractions import Fraction
+
+    av = pytest.importorskip("av")
+    pytest.importorskip("cv2")  # what stylizing it needs (optical flow)
+    wide = np.asarray(content_picture(64 + 4 * frames, 48))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            pixels = np.ascontiguousarray(wide[:, 4 * i : 4 * i + 64])
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

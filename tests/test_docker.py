@@ -37,7 +37,7 @@ def test_dockerfile_builds_a_gpu_watch_daemon_image() -> None:
     ops = [op for op, _ in steps]
     args = {op: a for op, a in steps}  # the last of each kind, as Docker uses it
     runs = [a for op, a in steps if op == "RUN"]
-    assert any('pip install ".[gpu]"' in r for r in runs)
+    assert any('pip install ".[gpu,video]"' in r for r in runs)  # video: PyAV, OpenCV
     # A non-root default user, and the weights decoded at build time, before it takes over.
     assert args["USER"].split(":")[0] not in ("root", "0")
     weights_at = next(i for i, (op, a) in enumerate(steps) if "nst-batch weights" in a)

@@ -27,7 +27,7 @@ from nst_batch.demo import swirl_painting
 from nst_batch.distributed import run_on_ray
 from nst_batch.errors import ConfigError, ManifestError
 from nst_batch.manifest import plan_manifest, shard_from_env
-from tests.conftest import content_picture
+from tests.conftest import content_picture, tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny and quick: Adam steps cost one forward/backward each; torch targets skip the ONNX export.
@@ -467,3 +467,63 @@ def test_output_over_an_input_through_a_hard_link_is_refused(images: Path, tmp_p
     )
     with pytest.raises(ManifestError, match="would overwrite an input of line 2"):
         plan_manifest(manifest)
+
+
+def test_a_video_row_runs_beside_an_image_row_and_resumes(images: Path, tmp_path: Path) -> None:
+    tiny_clip(images / "clip.mp4", frames=3)
+    manifest = write_csv(
+        tmp_path / "jobs.csv",
+        [
+            {"content": "img/c1.png", "style": "img/s1.png", "output": "out/a.png"},
+            {"content": "img/clip.mp4", "style": "img/s1.png", "output": "out/clip.mp4",
+             "steps": "2", "frame_steps": "1", "temporal_weight": "50"},
+        ],
+    )  # fmt: skip
+    config = ManifestConfig(defaults=FAST, batch_size=4)  # a clip never joins a batch
+    report = run_manifest(manifest, config)
+    assert [r.status for r in report.rows] == ["done", "done"], report.rows
+    out = tmp_path / "out"
+    assert Image.open(out / "a.png").size == (32, 21)
+    record = sidecar(out / "clip.mp4")
+    assert record["video"]["flow"] == "opencv-dis-medium"
+    assert record["video"]["temporal_weight"] == 50.0 and record["video"]["frame_steps"] == 1
+    assert [f["steps"] for f in record["frames"]] == [2, 1, 1]
+    assert all(f["seconds"] > 0 for f in record["frames"]) and record["clip_hash"]
+    assert record["input"]["size"] == [32, 24] and not (out / "clip.mp4.work").exists()
+    clip_row = report.rows[1]
+    assert clip_row.output == "out/clip.mp4" and clip_row.iterations == 4
+    assert clip_row.seconds is not None and clip_row.seconds > 0 and clip_row.device == "cpu"
+
+    again = run_manifest(manifest, config)
+    assert [r.status for r in again.rows] == ["skipped", "skipped"]
+    assert again.rows[1].iterations == 4
+    changed = write_csv(
+        tmp_path / "jobs.csv",
+        [{"content": "img/clip.mp4", "style": "img/s1.png", "output": "out/clip.mp4",
+          "steps": "2", "frame_steps": "1", "temporal_weight": "60"}],
+    )  # fmt: skip
+    assert [p.done for p in plan_manifest(changed, config).jobs] == [False]
+
+
+def test_bad_video_rows_are_clear_errors(images: Path, tmp_path: Path) -> None:
+    tiny_clip(images / "clip.mp4", frames=2)
+    manifest = write_jsonl(
+        tmp_path / "jobs.jsonl",
+        [
+            {"content": "img/clip.mp4", "style": "img/s1.png", "output": "out/a.png"},
+            {"content": "img/c1.png", "style": "img/s1.png", "output": "out/b.mp4"},
+            {"content": "img/c1.png", "style": "img/s1.png", "output": "c.png",
+             "frame_steps": 2},
+            {"content": "img/clip.mp4", "style": "img/s1.png", "output": "d.mp4",
+             "frame_steps": 0},
+            {"content": "img/gone.mov", "style": "img/s1.png", "output": "e.mp4"},
+        ],
+    )  # fmt: skip
+    with pytest.raises(ManifestError) as caught:
+        plan_manifest(manifest, ManifestConfig(defaults=FAST))
+    text = str(caught.value)
+    assert "line 1" in text and "a video's output must be a video file" in text
+    assert "line 2" in text and "out/b.mp4 is a video: its content must be a video" in text
+    assert "line 3" in text and "frame_steps: only for a video row" in text
+    assert "line 4" in text and "frame_steps" in text
+    assert "line 5" in text and "no such video file" in text

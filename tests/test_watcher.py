@@ -27,7 +27,7 @@ from nst_batch.errors import ConfigError
 from nst_batch.watcher.config import WatchConfig
 from nst_batch.watcher.inbox import Settler, claim, move_dir, scan
 from nst_batch.watcher.status import WorkerStatus, owner_dead, write_record, write_summary
-from tests.conftest import content_picture
+from tests.conftest import content_picture, tiny_clip
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -516,3 +516,29 @@ def test_once_logs_the_incomplete_jobs_it_leaves_behind(root: Path) -> None:
     left = [(e["job"], e["missing"]) for e in daemon.events("incomplete")]
     assert left == [("lone", ["content"])]
     assert names(root / "inbox") == ["lone.style.png", "status.json"]
+
+
+def test_a_dropped_video_pair_becomes_a_stylized_clip(root: Path) -> None:
+    inbox = root / "inbox"
+    tiny_clip(inbox / "pan.content.mp4", frames=3)
+    swirl_painting(40, 1, 60).save(inbox / "pan.style.jpg")
+    (inbox / "pan.json").write_text(json.dumps({"temporal_weight": 50, "frame_steps": 1}))
+    folder = inbox / "folded"  # the job-folder convention
+    folder.mkdir()
+    tiny_clip(folder / "content.mov", frames=2)
+    (folder / "style.png").write_bytes(png_bytes("style"))
+    drop_pair(inbox, "still", {"frame_steps": 1})  # a clip setting on an image: refused
+    daemon = run_once(root)
+    assert names(root / "outbox") == ["folded.json", "folded.mp4", "pan.json", "pan.mp4"]
+    record = json.loads((root / "outbox" / "pan.json").read_text())
+    assert record["video"]["flow"] == "opencv-dis-medium"
+    assert record["video"]["temporal_weight"] == 50.0 and record["video"]["frame_steps"] == 1
+    assert [f["steps"] for f in record["frames"]] == [1, 1, 1]
+    assert record["input"]["size"] == [32, 24]
+    assert names(root / "done") == ["folded", "pan"]
+    assert (root / "done" / "pan" / "content.mp4").is_file()
+    assert names(root / "failed") == ["still", "still.error.json"]
+    (failed,) = daemon.events("failed")
+    assert "frame_steps: only for a video content" in str(failed["reason"])
+    done = {e["job"]: e for e in daemon.events("done")}
+    assert done["pan"]["frames"] == 3 and done["folded"]["frames"] == 2

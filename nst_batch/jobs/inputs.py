@@ -18,6 +18,7 @@ from nst_batch.images import (
     resize_long_edge,
 )
 from nst_batch.jobs.sidecar import parameter_hash, recorded_hash, sidecar_path
+from nst_batch.video.run import VideoConfig, clip_hash, recorded_clip_hash
 
 
 @dataclass(frozen=True)
@@ -28,14 +29,19 @@ class Job:
     config: StylizeConfig = field(default_factory=StylizeConfig)
     outputs: OutputConfig = field(default_factory=OutputConfig)
     name: str = ""  # how reports and logs refer to it (manifest line, inbox entry)
+    # set: ``content`` is a clip (a video file or a folder of frames) and ``output`` a video
+    # file, made by nst_batch.video.run.stylize_video (nst_batch.jobs.video)
+    video: VideoConfig | None = None
 
     def parameter_hash(self) -> str:
+        if self.video is not None:
+            return clip_hash(self.content, self.styles, self.config, self.video)
         return parameter_hash(self.content, self.styles, self.config)
 
 
 def is_done(job: Job) -> bool:
     """The job's output and sidecar exist and were made from the same inputs and settings."""
-    found = recorded_hash(job.output)
+    found = recorded_hash(job.output) if job.video is None else recorded_clip_hash(job.output)
     return found is not None and found == job.parameter_hash()
 
 

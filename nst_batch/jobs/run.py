@@ -33,8 +33,10 @@ from nst_batch.extras import loss_plot, snapshot_writer, write_sheet
 from nst_batch.images import oriented_size, resized_shape, save_image, to_tensor, write_atomic
 from nst_batch.jobs.inputs import Job, JobInputs, make_job, read_inputs
 from nst_batch.jobs.sidecar import Sidecar, make_sidecar, sidecar_path
+from nst_batch.jobs.video import clip_log_fields, run_clip
 from nst_batch.pool import ModelPool
 from nst_batch.transfer import stylize_batch_tensors
+from nst_batch.video.run import VideoResult
 
 
 @dataclass
@@ -200,10 +202,13 @@ def run_job(
     models: ModelPool,
     progress: Callable[[Progress], None] | None = None,
     cancel_check: Callable[[], None] | None = None,
-) -> StylizeResult:
+) -> StylizeResult | VideoResult:
     """Run one job with a shared model pool. Ctrl-C writes nothing and propagates
     KeyboardInterrupt: the job stays to be redone; so does an exception raised by
-    ``cancel_check`` (called before every optimizer step)."""
+    ``cancel_check`` (called before every optimizer step). A clip job (``job.video``) keeps
+    its finished frames for the rerun."""
+    if job.video is not None:
+        return run_clip(job, models, progress, cancel_check)
     return run_batch([job], models, progress, cancel_check)[0]
 
 
@@ -224,9 +229,12 @@ def batch_groups(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
     """Split jobs into batches of at most ``batch_size`` that can run as one: same
     :func:`~nst_batch.config.batch_key` and content of the same shape at the output size.
     Batches come in the order of their first job (batch size 1 keeps the order). Jobs whose input
-    cannot be read go alone (their error then surfaces when they run)."""
+    cannot be read go alone (their error then surfaces when they run), and so do clips."""
     groups: dict[tuple[Any, ...], list[list[Job]]] = {}
     for index, job in enumerate(jobs):
+        if job.video is not None:
+            groups[("alone", index)] = [[job]]
+            continue
         try:
             shape = resized_shape(oriented_size(job.content), job.config.size)
             key: tuple[Any, ...] = (batch_key(job.config), shape)
@@ -257,7 +265,7 @@ class JobEnd:
 
     job: Job
     status: Ending
-    result: StylizeResult | None = None  # when done
+    result: StylizeResult | VideoResult | None = None  # when done (VideoResult: a clip job)
     reason: str = ""  # why it failed, was cancelled or not started
     job_fault: bool = True  # False: the machine's fault (out of memory, I/O): worth a retry
     seconds: float = 0.0
@@ -345,6 +353,20 @@ def _run_alone(job: Job, models: ModelPool, hooks: BatchHooks) -> JobEnd:
     else:
         end = JobEnd(job, "done", result, seconds=time.perf_counter() - start)
     return _report(hooks, end)
+
+
+def done_fields(result: StylizeResult | VideoResult) -> dict[str, Any]:
+    """What a log line says of a finished job: its convergence (an image; a warning when it did
+    not converge, and a CUDA graph fallback) or its frames (a clip)."""
+    if isinstance(result, VideoResult):
+        return clip_log_fields(result)
+    sidecar = result.sidecar
+    fields: dict[str, Any] = {"converged": sidecar.converged}
+    if not sidecar.converged:
+        fields["warning"] = sidecar.convergence
+    if sidecar.cuda_graphs.startswith("fallback"):
+        fields["cuda_graphs"] = sidecar.cuda_graphs
+    return fields
 
 
 def _cancelled(job: Job, err: Cancelled) -> JobEnd:

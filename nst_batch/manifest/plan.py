@@ -20,6 +20,7 @@ from nst_batch.errors import ConfigError, ManifestError, NstError
 from nst_batch.images import check_output_path, file_identity, open_rgb, resized_shape
 from nst_batch.jobs.inputs import Job, is_done
 from nst_batch.jobs.sidecar import sidecar_path
+from nst_batch.jobs.video import VIDEO_PARAMS, check_clip_output, is_clip, video_config
 from nst_batch.manifest.rows import (
     STYLE_SEPARATOR,
     load_config_file,
@@ -29,6 +30,8 @@ from nst_batch.manifest.rows import (
 )
 from nst_batch.manifest.shard import Shard
 from nst_batch.params import configs_from_params, parameter_names
+from nst_batch.video.io import is_video_path
+from nst_batch.video.run import VideoConfig
 
 Status = Literal["done", "failed", "skipped", "interrupted", "would-run"]
 STATUSES: tuple[Status, ...] = ("done", "failed", "skipped", "interrupted", "would-run")
@@ -148,12 +151,40 @@ class _Checker:
         return self._devices[name]
 
 
-def _output_problem(output: Path) -> str:
+def _output_problem(output: Path, clip: bool) -> str:
     try:
-        check_output_path(output)  # missing folders are created; a file in the way is not
+        if clip:
+            check_clip_output(output)
+        else:
+            check_output_path(output)  # missing folders are created; a file in the way is not
     except NstError as err:
-        return f"output {err}"
+        return str(err) if clip else f"output {err}"
     return ""
+
+
+def _clip_row(
+    values: Mapping[str, Any], content: Path | None
+) -> tuple[bool, VideoConfig | None, list[str]]:
+    """Whether a row is a clip (its content a video file or a folder of frames), its clip
+    settings, and what is wrong with them; an image row may not set the clip columns."""
+    given = [k for k in VIDEO_PARAMS if values.get(k) not in (None, "")]
+    if content is None or not is_clip(content):
+        if given:
+            return (
+                False,
+                None,
+                [
+                    f"{', '.join(given)}: only for a video row (content a video "
+                    "file or a folder of frames)"
+                ],
+            )
+        return False, None, []
+    if not content.exists():
+        return True, None, [f"content {content}: no such video file or folder of frames"]
+    try:
+        return True, video_config(values), []
+    except NstError as err:
+        return True, None, [str(err)]
 
 
 @dataclass(frozen=True)
@@ -198,6 +229,8 @@ def _row_job(
     if not styles_raw:
         problems.append("style: missing (one path, or several separated by ';')")
     paths = _row_paths(raw, base)
+    clip, video, clip_problems = _clip_row(values, paths.content)
+    problems += clip_problems
     try:
         config, outputs = configs_from_params(params, defaults)
     except NstError as err:
@@ -206,10 +239,15 @@ def _row_job(
     else:
         settings_problem = ""
         max_pixels = config.max_pixels
-    for image in [paths.content, *paths.styles]:
+    for image in [*([] if clip else [paths.content]), *paths.styles]:
         if image is not None and (message := checker.image(image, max_pixels)):
             problems.append(message)
-    if paths.output is not None and (message := _output_problem(paths.output)):
+    if paths.output is not None and (message := _output_problem(paths.output, clip)):
+        if not clip and is_video_path(paths.output):
+            message = (
+                f"output {paths.output} is a video: its content must be a video file "
+                "or a folder of frames"
+            )
         problems.append(message)
     if settings_problem:
         return None, [*problems, settings_problem]
@@ -231,12 +269,13 @@ def _row_job(
     if problems or paths.content is None or paths.output is None:
         return None, problems
     try:  # an image too small or elongated for the network at some pyramid level
-        sizes = [checker.size(p) for p in (paths.content, *paths.styles)]
-        check_fits(config, resized_shape(sizes[0], config.size), sizes[1:])
+        if not clip:  # (a clip's frames are checked when it is read)
+            sizes = [checker.size(p) for p in (paths.content, *paths.styles)]
+            check_fits(config, resized_shape(sizes[0], config.size), sizes[1:])
     except NstError as err:
         return None, [str(err)]
     name = str(values.get("name") or f"line {line}")
-    job = Job(paths.content, paths.styles, paths.output, config, outputs, name=name)
+    job = Job(paths.content, paths.styles, paths.output, config, outputs, name, video)
     return PlannedJob(line, job, raw), []
 
 

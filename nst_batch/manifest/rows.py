@@ -12,6 +12,7 @@ from typing import Any
 from nst_batch.config import INIT_KEYWORDS
 from nst_batch.engine.weights import NAMED_SOURCES
 from nst_batch.errors import ConfigError, ManifestError
+from nst_batch.jobs.video import VIDEO_PARAMS
 from nst_batch.params import parameter_names, unknown_names
 
 ROW_KEYS = ("content", "style", "output", "name")  # the non-parameter columns
@@ -75,7 +76,7 @@ def _read_jsonl(
 
 
 def _unknown_keys(keys: Iterable[str]) -> str:
-    known = set(ROW_KEYS) | set(parameter_names()) | {"preset"}
+    known = set(ROW_KEYS) | set(parameter_names()) | {"preset", *VIDEO_PARAMS}
     unknown = set(keys) - known
     return unknown_names(unknown, known, "column") if unknown else ""
 

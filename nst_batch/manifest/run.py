@@ -26,6 +26,7 @@ from nst_batch.images import write_atomic
 from nst_batch.jobs.inputs import Job
 from nst_batch.jobs.run import BatchHooks, JobEnd, run_batched
 from nst_batch.jobs.sidecar import Sidecar, read_sidecar, sidecar_path
+from nst_batch.jobs.video import clip_figures
 from nst_batch.manifest.plan import (
     STATUSES,
     JobOutcome,
@@ -37,6 +38,7 @@ from nst_batch.manifest.plan import (
 )
 from nst_batch.manifest.shard import Shard
 from nst_batch.pool import ModelPool
+from nst_batch.video.run import VideoResult
 
 
 @dataclass(frozen=True)
@@ -124,12 +126,21 @@ def outcome_of(planned: PlannedJob, end: JobEnd) -> JobOutcome:
     seconds = round(end.seconds, 3)
     if end.result is None:
         return planned.outcome("failed", end.reason, seconds=seconds)
+    if isinstance(end.result, VideoResult):  # a clip: figures over all its frames
+        return planned.outcome("done", seconds=seconds, **clip_figures(end.result.record))
     sidecar = end.result.sidecar
     return planned.outcome("done", sidecar.convergence, seconds=seconds, **_figures(sidecar))
 
 
 def skipped_outcome(planned: PlannedJob) -> JobOutcome:
     """A job already done: its figures (the run that made it) carried over from its sidecar."""
+    if planned.job.video is not None:
+        try:
+            record = json.loads(sidecar_path(planned.job.output).read_text())
+            figures = clip_figures(record) | {"seconds": record.get("wall_seconds")}
+        except (OSError, ValueError, TypeError, AttributeError):
+            figures = {}
+        return planned.outcome("skipped", "already done", **figures)
     sidecar = read_sidecar(planned.job.output)
     if sidecar is None:  # a sidecar from an older version: the row says skipped, without figures
         return planned.outcome("skipped", "already done")

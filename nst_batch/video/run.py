@@ -135,6 +135,19 @@ def clip_hash(
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def recorded_clip_hash(output: Path) -> str | None:
+    """The clip hash a finished output's record (``OUT.json``) holds; None when the output or
+    its record is missing or not one (a stylized image's sidecar has none)."""
+    if not output.exists():
+        return None
+    try:
+        record = json.loads(output.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    found = record.get("clip_hash") if isinstance(record, dict) else None
+    return found if isinstance(found, str) else None
+
+
 def _finished(work: Path, index: int, digest: str) -> tuple[Tensor, FrameRecord] | None:
     """A frame an earlier run finished with the same settings, or None."""
     png = work / frame_name(index)
@@ -293,6 +306,7 @@ def stylize_video(
         "weights": {"source": weights.source.name, "sha256": weights.sha256},
         "resumed_frames": resumed,
         "wall_seconds": round(time.perf_counter() - wall, 3),
+        "clip_hash": frames.digest,  # what a manifest or watch job compares to skip a done clip
     }
     write_atomic(output.with_suffix(".json"), json.dumps(record, indent=2).encode() + b"\n")
     if not video.keep_frames:

@@ -26,7 +26,7 @@ from nst_batch.engine.model import resolve_device
 from nst_batch.errors import ConfigError, NstError
 from nst_batch.images import write_atomic
 from nst_batch.jobs.inputs import Job, is_done
-from nst_batch.jobs.run import BatchHooks, Cancelled, JobEnd, run_batched
+from nst_batch.jobs.run import BatchHooks, Cancelled, JobEnd, done_fields, run_batched
 from nst_batch.params import configs_from_params
 from nst_batch.pool import ModelPool
 from nst_batch.watcher.config import WatchConfig
@@ -238,17 +238,12 @@ class _Daemon:
         if end.status == "done":
             assert end.result is not None
             self.status.done += 1
-            sidecar = end.result.sidecar
-            verdict = {} if sidecar.converged else {"warning": sidecar.convergence}
-            if sidecar.cuda_graphs.startswith("fallback"):
-                verdict["cuda_graphs"] = sidecar.cuda_graphs
             self.finish(
                 claimed,
                 "done",
                 output=str(end.job.output),
                 seconds=round(end.seconds, 3),
-                converged=sidecar.converged,
-                **verdict,
+                **done_fields(end.result),
             )
         elif end.status in ("cancelled", "not started"):
             write_attempts(claimed.folder, attempts - 1, None)

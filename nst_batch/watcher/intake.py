@@ -12,11 +12,14 @@ from typing import Any
 from nst_batch.errors import ConfigError, ImageError
 from nst_batch.images import open_rgb
 from nst_batch.jobs.inputs import Job
+from nst_batch.jobs.video import VIDEO_PARAMS, video_config
 from nst_batch.params import configs_from_params
+from nst_batch.video.io import is_video_path
 from nst_batch.watcher.config import WatchConfig
 from nst_batch.watcher.inbox import FOLDER_PART, PARAMS, Claimed
 
 NAMED_WEIGHTS = ("bundled", "torchvision")  # a job's params.json may not point at files
+CLIP_SUFFIX = ".mp4"  # a clip job's output (H.264), whatever the input's container
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -95,12 +98,22 @@ def build_job(claimed: Claimed, config: WatchConfig) -> Job:
     except PermissionError as err:
         raise ImageError(f"job folder not readable ({err.strerror})") from None
     params = _safe_paths(_params(folder), folder)
+    clip = is_video_path(content)  # NAME.content.mp4: stylized frame by frame into NAME.mp4
+    clip_params = {k: params.pop(k) for k in VIDEO_PARAMS if k in params}
+    if clip_params and not clip:
+        raise ConfigError(f"{', '.join(clip_params)}: only for a video content (content.mp4)")
     stylize_config, outputs = configs_from_params(params, config.default_params())
-    for path in (content, style):  # after the settings: they may raise the pixel limit
+    # After the settings (they may raise the pixel limit); a clip's frames are resized to
+    # ``size`` as they are decoded, and a bad clip fails when it is read.
+    for path in (style,) if clip else (content, style):
         _check_image(path, config.max_edge, stylize_config.max_pixels)
+    if clip and not os.access(content, os.R_OK):
+        raise ImageError(f"{content.name}: not readable (permissions)")
     if stylize_config.size > config.max_edge:
         raise ConfigError(
             f"size {stylize_config.size} is over this daemon's {config.max_edge} px cap"
         )
-    output = config.out / f"{claimed.name}{config.output_format}"
-    return Job(content, (style,), output, stylize_config, outputs, claimed.name)
+    video = video_config(clip_params) if clip else None
+    suffix = CLIP_SUFFIX if clip else config.output_format
+    output = config.out / f"{claimed.name}{suffix}"
+    return Job(content, (style,), output, stylize_config, outputs, claimed.name, video)
