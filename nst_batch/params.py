@@ -59,7 +59,7 @@ PRESETS: Mapping[str, Preset] = {
             "default",
             "nst-batch's own: relative errors, content relu4_2, style relu1_1..relu5_1 weighted "
             "256:64:16:4:1 (brushwork and palette without the painting's objects), style "
-            "weight 30, L2 TV, content init, L-BFGS",
+            "weight 45, L2 TV, content init, L-BFGS",
             LossConfig(),
             OptimConfig(),
         ),
