@@ -17,7 +17,7 @@ from nst_batch.cli import app
 from nst_batch.demo import swirl_painting
 from nst_batch.engine.temporal import masked_fill, temporal_terms
 from nst_batch.errors import VideoError
-from nst_batch.images import to_tensor
+from nst_batch.images import new_file_mode, to_tensor
 from nst_batch.params import build_config
 from nst_batch.video.flow import consistent, frame_flow, inside, optical_flow, warp
 from nst_batch.video.io import ClipRange, frame_name, numbered_frames, read_clip
@@ -216,6 +216,8 @@ def test_video_keeps_the_audio_and_the_frame_rate(tmp_path: Path, style: Path) -
     assert [f["steps"] for f in record["frames"]] == [2, 1, 1]  # later: a third, at least 1
     assert not work_folder(output).exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+    # readable like any file the user writes (umask), not mkstemp's 0600
+    assert output.stat().st_mode & 0o777 == new_file_mode()
 
 
 def test_a_corrupt_video_is_a_clear_error(tmp_path: Path, style: Path) -> None:

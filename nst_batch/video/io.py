@@ -10,9 +10,7 @@ copied packet by packet (no re-encoding) over the same part.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,10 +21,19 @@ from PIL import Image
 from pydantic import Field
 
 from nst_batch.errors import ConfigError, VideoError
-from nst_batch.images import open_rgb, resize_long_edge, save_pil
+from nst_batch.images import open_atomic, open_rgb, resize_long_edge, save_pil
 from nst_batch.validation import check_fields
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm")
+# The FFmpeg muxer of each video suffix (a file object has no name to guess it from).
+_MUXERS = {
+    ".mp4": "mp4",
+    ".m4v": "mp4",
+    ".mkv": "matroska",
+    ".mov": "mov",
+    ".avi": "avi",
+    ".webm": "webm",
+}
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 FOLDER_FPS = Fraction(24)  # frame rate of a folder of frames unless --fps says otherwise
 CRF = "16"  # x264 constant quality: visually lossless, so scores of the file match the frames
@@ -179,10 +186,13 @@ def write_video(frames: Sequence[Path], output: Path, fps: Fraction, audio: Clip
     with ``audio``'s source audio over its part copied in when it has one."""
     av = _av()
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}.", suffix=output.suffix)
-    os.close(fd)
     try:
-        with av.open(tmp, mode="w") as container:
+        # The images' atomic writer: temp file, fsync, rename, and the mode a plain open()
+        # gives (umask), so the clip is readable like any file the user writes.
+        with (
+            open_atomic(output) as file,
+            av.open(file, mode="w", format=_MUXERS[output.suffix.lower()]) as container,
+        ):
             stream = _video_stream(container, frames[0], fps)
             # Every stream is declared before the first packet (the header is written then).
             source = av.open(str(audio.source)) if audio is not None and audio.audio else None
@@ -196,12 +206,8 @@ def write_video(frames: Sequence[Path], output: Path, fps: Fraction, audio: Clip
             finally:
                 if source is not None:
                     source.close()
-        os.replace(tmp, output)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, (av.FFmpegError, OSError)):
-            raise VideoError(f"{output}: cannot write the video ({err})") from None
-        raise
+    except (av.FFmpegError, OSError) as err:
+        raise VideoError(f"{output}: cannot write the video ({err})") from None
 
 
 def _video_stream(container: Any, first: Path, fps: Fraction) -> Any:
