@@ -279,6 +279,7 @@ class _Pyramid:
             optim.optimizer,
             optim.history_size,
             self.budget,
+            tuple(n for n, _ in self.config.loss.content_layers),
         )
 
     def _targets(

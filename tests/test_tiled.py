@@ -12,10 +12,11 @@ from nst_batch.engine.losses import (
     compute_targets,
     objective_weights,
     stack_targets,
+    tv_terms,
     weighted_terms,
 )
 from nst_batch.engine.optimize import OptimConfig, optimize
-from nst_batch.engine.tiled import TiledObjective, halo, stride, tile_grid
+from nst_batch.engine.tiled import TiledObjective, banded_tv, halo, stride, tile_grid
 from nst_batch.engine.weights import Weights
 from nst_batch.images import to_tensor
 from tests.conftest import content_picture, make_model
@@ -74,6 +75,25 @@ def _problem(
 
 # float32 within 1e-4 (sizes and tiles that do not divide evenly, batches, several style layers
 # and TV); float64 shows the remaining difference is rounding only.
+@pytest.mark.parametrize(("kind", "exponent"), [("l2", 1.0), ("l2", 1.25), ("l1", 1.0)])
+@pytest.mark.parametrize("rows", [1, 3, 7, 40])
+def test_banded_tv_equals_whole_image_tv(kind: str, exponent: float, rows: int) -> None:
+    # Bands that do not divide the height, down to one row, and two images weighted differently.
+    x = torch.rand(2, 3, 23, 17, dtype=torch.float64)
+    weights = objective_weights(
+        [LossConfig(tv_weight=w, tv_kind=kind, tv_exponent=exponent) for w in (2.0, 0.5)],
+        dtype=torch.float64,
+    )
+    assert weights.tv is not None
+    image = x.clone().requires_grad_(True)
+    expected = weights.tv * tv_terms(image, kind, exponent)  # type: ignore[arg-type]
+    (expected_grad,) = torch.autograd.grad(expected.sum(), image)
+    gradient = torch.zeros_like(x)
+    value = banded_tv(x, weights, rows, gradient)
+    torch.testing.assert_close(value, expected.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(gradient, expected_grad, rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.parametrize(
     ("config", "height", "width", "tile", "batch", "dtype", "tolerance"),
     [

@@ -103,6 +103,14 @@ class Targets:
 
     content: Mapping[str, Tensor]  # layer -> (B, C, H, W)
     style: Mapping[str, Tensor]  # layer -> (B, C, C)
+    # layer -> (B,) sum P^2 of each content map: the "relative" content term's denominator,
+    # made here once rather than at every evaluation (a float32 square of a print-size image's
+    # relu4_2 map is a third of a GB, twice)
+    content_norms: Mapping[str, Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        norms = {name: sum_of_squares(t) for name, t in self.content.items()}
+        object.__setattr__(self, "content_norms", norms)
 
 
 @dataclass(frozen=True)
@@ -233,13 +241,25 @@ def squared_error(features: Tensor, target: Tensor) -> Tensor:
     return _per_image(features, target, "sum")
 
 
-def content_from_sum(error: Tensor, target: Tensor, normalization: Normalize) -> Tensor:
-    """:func:`content_terms` from the summed squared error (B,) of the whole map: linear in it."""
+@torch.no_grad()
+def sum_of_squares(t: Tensor) -> Tensor:
+    """``sum t^2`` of each image (B, C, ...) -> (B,), in float32 or wider, a few channels at a
+    time: never a widened copy of the whole map."""
+    parts = [_wide(part).pow(2).flatten(1).sum(dim=1) for part in t.split(16, dim=1)]
+    return torch.stack(parts).sum(dim=0)
+
+
+def content_from_sum(
+    error: Tensor, target: Tensor, normalization: Normalize, norm: Tensor | None = None
+) -> Tensor:
+    """:func:`content_terms` from the summed squared error (B,) of the whole map: linear in it.
+    ``norm`` is the target's :func:`sum_of_squares` when made already (:class:`Targets`)."""
     if normalization == "paper":
         return 0.5 * error
     if normalization == "mse":
         return error / target[0].numel()
-    return error / _wide(target).pow(2).sum(dim=tuple(range(1, target.dim()))).clamp_min(1e-12)
+    norm = sum_of_squares(target) if norm is None else norm
+    return error / norm.clamp_min(1e-12)
 
 
 def style_terms(
@@ -263,18 +283,30 @@ def tv_terms(image: Tensor, kind: TVKind = "l2", exponent: float = 1.0) -> Tenso
     ``"l2"``: ``mean((dx^2 + dy^2) ** exponent)`` over the positions that have both neighbours (the
     Keras neural style recipe uses exponent 1.25). ``"l1"``: ``mean(|dx|) + mean(|dy|)``.
     """
+    return tv_band(image, image.shape[-2], image.shape[-2], kind, exponent)
+
+
+def tv_band(
+    band: Tensor, rows: int, height: int, kind: TVKind = "l2", exponent: float = 1.0
+) -> Tensor:
+    """The share (B,) of the rows ``[0, rows)`` of ``band`` (B, C, h, W) in the total variation of
+    the image, ``height`` rows high, that it is a horizontal band of; the band's rows after
+    ``rows`` (at most one) are the context below it. The shares of bands that partition an
+    image's rows add up to :func:`tv_terms` of it: every term is a sum over positions, which is
+    what lets a print-size image's TV and its gradient be taken band by band."""
     dims = (1, 2, 3)
+    channels, width = band.shape[-3], band.shape[-1]
     if kind == "l1":
-        dx = (image[..., :, 1:] - image[..., :, :-1]).abs().mean(dim=dims)
-        dy = (image[..., 1:, :] - image[..., :-1, :]).abs().mean(dim=dims)
-        return dx + dy
-    dx = image[..., :-1, 1:] - image[..., :-1, :-1]  # (B, C, H-1, W-1)
-    dy = image[..., 1:, :-1] - image[..., :-1, :-1]
+        dx = (band[..., :rows, 1:] - band[..., :rows, :-1]).abs().sum(dim=dims)
+        dy = (band[..., 1:, :] - band[..., :-1, :]).abs().sum(dim=dims)
+        return dx / (channels * height * (width - 1)) + dy / (channels * (height - 1) * width)
+    dx = band[..., :-1, 1:] - band[..., :-1, :-1]  # (B, C, h-1, W-1)
+    dy = band[..., 1:, :-1] - band[..., :-1, :-1]
     energy = dx.pow(2) + dy.pow(2)
-    if exponent == 1.0:
-        return energy.mean(dim=dims)
-    # The epsilon keeps the gradient finite where the image is flat and exponent < 1.
-    return (energy + 1e-8).pow(exponent).mean(dim=dims)
+    if exponent != 1.0:
+        # The epsilon keeps the gradient finite where the image is flat and exponent < 1.
+        energy = (energy + 1e-8).pow(exponent)
+    return energy.sum(dim=dims) / (channels * (height - 1) * (width - 1))
 
 
 # A batch's loss is the sum of its images' losses, so a job's gradient never depends on its
@@ -410,7 +442,7 @@ def terms_from_statistics(
     for name, w in weights.content:
         error = errors[name]
         content = content + w * content_from_sum(
-            error, targets.content[name], weights.normalization
+            error, targets.content[name], weights.normalization, targets.content_norms[name]
         )
     for name, w in weights.style:
         style = style + w * style_terms(grams[name], targets.style[name], weights.normalization)
@@ -438,6 +470,8 @@ def objective(
 
 def stack_targets(targets: Sequence[Targets]) -> Targets:
     """Targets of single jobs (batch 1 each) as one batch, in order."""
+    if len(targets) == 1:  # no copy: a print-size image's content maps are hundreds of MB
+        return targets[0]
     first = targets[0]
     return Targets(
         content={n: torch.cat([t.content[n] for t in targets]) for n in first.content},

@@ -9,7 +9,9 @@ holds it to within 25% at 256, 512 and 1024 px. It has three parts:
 - the optimizer's: L-BFGS keeps ``2 m + 3`` image-sized vectors (``m`` curvature pairs, the
   direction, the anchor and its gradient) and a few temporaries while it steps; Adam keeps two;
 - the feature stack's activations kept for the backward pass, proportional to the pixels
-  evaluated at once (the whole image, or one tile and its halo: :mod:`nst_batch.engine.tiled`).
+  evaluated at once (the whole image, or one tile and its halo: :mod:`nst_batch.engine.tiled`);
+- the content target maps, kept whole for the loop (relu4_2's: 8 values per pixel, more than
+  the image itself).
 
 :func:`plan` picks, in this order, the first that fits the budget: untiled; tiled, with the
 largest tile that fits; tiled with a shorter L-BFGS history; Adam. It never picks something
@@ -28,7 +30,7 @@ import torch
 from pydantic import Field
 
 from nst_batch.engine.tiled import tile_grid
-from nst_batch.engine.vgg import LAYER_INDEX, LAYERS
+from nst_batch.engine.vgg import LAYER_INDEX, LAYERS, layer_spec
 from nst_batch.errors import ConfigError
 from nst_batch.validation import check_fields
 
@@ -37,9 +39,11 @@ GB = 1e9
 # fp32, tiled and untiled): what a job allocates besides the per-pixel parts below (the style
 # image's targets, the libraries' workspaces).
 FIXED = 0.2 * GB
-# Image-sized float32 tensors the loop and the job hold besides the optimizer's: the pixels, their
-# gradient, the best and current iterate, the content, the upsampled start, the saved result.
-IMAGE_COPIES = 7
+# Image-sized float32 tensors the loop and the job hold besides the optimizer's, counted at the
+# peak of a tiled evaluation: the pixels, their gradient, the best and the current iterate, the
+# gradient being made, the content (the decoded one and the batch's), the upsampled start, the
+# coarser level's result (a quarter), and a transient of keeping the best.
+IMAGE_COPIES = 10
 # L-BFGS: image-sized vectors besides the 2 m of the history (direction, anchor, its gradient,
 # and the step's temporaries).
 LBFGS_VECTORS = 7
@@ -105,9 +109,11 @@ def estimate_bytes(
     optimizer: OptimizerName = "lbfgs",
     history_size: int = 100,
     tile: int | None = None,
+    content_layers: tuple[str, ...] = (),
 ) -> float:
     """Bytes a (batch, 3, height, width) optimization allocates at its peak, beyond what the
-    process holds before it starts (interpreter, libraries, the model's weights)."""
+    process holds before it starts (interpreter, libraries, the model's weights);
+    ``content_layers`` are those of ``layers`` whose whole feature maps are targets."""
     image = 4.0 * batch * 3 * height * width  # one float32 image-sized tensor
     state = ((2 * history_size + LBFGS_VECTORS) if optimizer == "lbfgs" else ADAM_VECTORS) * image
     low = "bf16" if precision == "bf16" else "fp32"
@@ -119,7 +125,11 @@ def estimate_bytes(
         factor = TILED_ACTIVATION_FACTOR[low]
     size = 2 if precision == "bf16" else 4
     activations = factor * size * batch * activation_elements(layers, evaluated)
-    return FIXED + IMAGE_COPIES * image + state + activations
+    maps = sum(
+        size * batch * layer_spec(n).out_channels / layer_spec(n).scale ** 2 * height * width
+        for n in content_layers
+    )
+    return FIXED + IMAGE_COPIES * image + state + activations + maps
 
 
 def available_bytes(device: torch.device) -> float:
@@ -166,6 +176,7 @@ def plan(
     optimizer: OptimizerName,
     history_size: int,
     budget: float,
+    content_layers: tuple[str, ...] = (),
 ) -> MemoryPlan:
     """The first that fits ``budget`` bytes of: untiled; the largest tile; the largest tile
     that keeps a useful L-BFGS history (:data:`GOOD_HISTORY`); the smallest tile with any
@@ -173,7 +184,7 @@ def plan(
     b, h, w = shape
 
     def need(opt: OptimizerName, m: int, tile: int | None) -> float:
-        return estimate_bytes(layers, h, w, b, precision, opt, m, tile)
+        return estimate_bytes(layers, h, w, b, precision, opt, m, tile, content_layers)
 
     def made(opt: OptimizerName, m: int, tile: int | None) -> MemoryPlan:
         return MemoryPlan(

@@ -16,13 +16,16 @@ A tile is read with a halo of at least the receptive-field radius of the deepest
 multiples of that stride, so every interior feature sees exactly the pixels (and the same
 pooling windows, and the same zero padding at the image's own border) it sees untiled: the
 interior features *are* the untiled ones, up to the order of floating-point sums. Total
-variation needs no network and is taken on the whole image at once. Peak memory is the
-activations of one tile plus the image-sized tensors, whatever the image's size; the price is
-a second forward per tile and the halos' recompute (``benchmarks/memory.py``).
+variation needs no network; it and its gradient are taken band by band of rows
+(:func:`banded_tv`), since autograd over the whole image would hold several image-sized
+temporaries at once. Peak memory is the activations of one tile plus the image-sized tensors,
+whatever the image's size; the price is a second forward per tile and the halos' recompute
+(``benchmarks/memory.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +41,7 @@ from nst_batch.engine.losses import (
     gram,
     squared_error,
     terms_from_statistics,
+    tv_band,
 )
 from nst_batch.engine.vgg import LAYER_INDEX, LAYERS, layer_spec
 
@@ -158,6 +162,27 @@ def tiled_features(
     return grams, maps
 
 
+def banded_tv(x: Tensor, weights: ObjectiveWeights, rows: int, gradient: Tensor) -> Tensor:
+    """The weighted total variation (B,) of ``x`` (B, C, H, W), ``rows`` rows at a time; its
+    gradient is added into ``gradient`` (B, C, H, W). Exact: each band reads one row of context
+    below it (:func:`~nst_batch.engine.losses.tv_band`)."""
+    total = x.new_zeros(x.shape[0])
+    if weights.tv is None:
+        return total
+    height = x.shape[-2]
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        with torch.enable_grad():
+            band = x[..., top : bottom + 1, :].clone().requires_grad_(True)
+            value = weights.tv * tv_band(
+                band, bottom - top, height, weights.tv_kind, weights.tv_exponent
+            )
+            (g,) = torch.autograd.grad(value.sum(), band)
+        gradient[..., top : bottom + 1, :].add_(g)
+        total += value.detach()
+    return total
+
+
 @dataclass(frozen=True)
 class _Statistics:
     """A tile's (or the image's) Gram matrices (B, C, C), normalised by the image's positions,
@@ -218,22 +243,25 @@ class TiledObjective:
                     stats.grams[name].add_(part.grams[name])
                 for name in self.content:
                     stats.errors[name].add_(part.errors[name])
-        # The loss from them, and its gradient with respect to each statistic (the total
-        # variation's, which needs no network, straight to the pixels).
+        # The loss from them, and its gradient with respect to each statistic.
         with torch.enable_grad():
-            image = x.clone().requires_grad_(True)
-            for t in (*stats.grams.values(), *stats.errors.values()):
+            leaves = [*stats.grams.values(), *stats.errors.values()]
+            for t in leaves:
                 t.requires_grad_(True)
-            terms = terms_from_statistics(
-                image, stats.grams, stats.errors, self.targets, self.weights
+            no_tv = dataclasses.replace(self.weights, tv=None)
+            terms = terms_from_statistics(x, stats.grams, stats.errors, self.targets, no_tv)
+            grads = (
+                torch.autograd.grad(terms.total.sum(), leaves, allow_unused=True) if leaves else ()
             )
-            leaves = [image, *stats.grams.values(), *stats.errors.values()]
-            grads = torch.autograd.grad(terms.total.sum(), leaves, allow_unused=True)
-        gradient = grads[0] if grads[0] is not None else torch.zeros_like(x)
         d = _Statistics(
-            dict(zip(stats.grams, grads[1 : 1 + len(self.style)], strict=True)),
-            dict(zip(stats.errors, grads[1 + len(self.style) :], strict=True)),
+            dict(zip(stats.grams, grads[: len(self.style)], strict=True)),
+            dict(zip(stats.errors, grads[len(self.style) :], strict=True)),
         )
+        # The total variation straight to the pixels, in bands of about a tile's pixels.
+        gradient = torch.zeros_like(x)
+        rows = max(8, self.tile * self.tile // x.shape[-1])
+        tv = banded_tv(x, self.weights, rows, gradient)
+        terms = LossTerms(terms.content, terms.style, tv, terms.total + tv)
         # Pass 2: each tile's part of the gradient, by the chain rule through its statistics.
         for tile in tiles:
             with torch.enable_grad():
