@@ -17,9 +17,10 @@ import torch
 
 from benchmarks.cpu import inputs
 from benchmarks.report import Report
-from nst_batch.engine.losses import LossConfig, compute_targets, objective, tv_loss
+from nst_batch.engine.losses import LossConfig, compute_targets, objective
 from nst_batch.engine.model import ModelConfig, load_model
 from nst_batch.engine.optimize import Progress
+from nst_batch.engine.tv import tv_loss
 from nst_batch.params import build_config
 from nst_batch.transfer import stylize_tensors
 

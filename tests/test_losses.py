@@ -15,8 +15,8 @@ from nst_batch.engine.losses import (
     gram,
     objective,
     style_loss,
-    tv_loss,
 )
+from nst_batch.engine.tv import tv_loss
 
 
 def test_gram_by_hand() -> None:

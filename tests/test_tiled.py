@@ -12,11 +12,11 @@ from nst_batch.engine.losses import (
     compute_targets,
     objective_weights,
     stack_targets,
-    tv_terms,
     weighted_terms,
 )
 from nst_batch.engine.optimize import OptimConfig, optimize
 from nst_batch.engine.tiled import TiledObjective, banded_tv, halo, stride, tile_grid
+from nst_batch.engine.tv import tv_terms
 from nst_batch.engine.weights import Weights
 from nst_batch.images import to_tensor
 from tests.conftest import content_picture, make_model

@@ -41,8 +41,8 @@ from nst_batch.engine.losses import (
     gram,
     squared_error,
     terms_from_statistics,
-    tv_band,
 )
+from nst_batch.engine.tv import tv_band
 from nst_batch.engine.vgg import LAYER_INDEX, LAYERS, layer_spec
 
 Features = Callable[[Tensor], Mapping[str, Tensor]]
@@ -165,7 +165,7 @@ def tiled_features(
 def banded_tv(x: Tensor, weights: ObjectiveWeights, rows: int, gradient: Tensor) -> Tensor:
     """The weighted total variation (B,) of ``x`` (B, C, H, W), ``rows`` rows at a time; its
     gradient is added into ``gradient`` (B, C, H, W). Exact: each band reads one row of context
-    below it (:func:`~nst_batch.engine.losses.tv_band`)."""
+    below it (:func:`~nst_batch.engine.tv.tv_band`)."""
     total = x.new_zeros(x.shape[0])
     if weights.tv is None:
         return total
