@@ -2,7 +2,7 @@
 
     python -m benchmarks.gpu [--sizes 256,512,1024] [--precisions fp32,tf32,bf16]
         [--batches 1,4,16] [--graphs on,off] [--warmup 25] [--iters 100] [--big 2048]
-        [--profile 512] [--device cuda] [--out benchmarks/results/gpu-h100.md]
+        [--profile 512] [--device cuda] [--out benchmarks/results/gpu-h100.md] [--smoke]
 
 Each row runs the real loop (:func:`nst_batch.transfer.stylize_batch_tensors`: default objective,
 L-BFGS, bundled weights, one scale) on a square content and style from ../shared/images (the
@@ -13,7 +13,9 @@ forward convolutions, their data-gradient convolutions, Gram matrices forward an
 "final loss" is job 0's loss after warmup + iters steps; "vs fp32" compares it with the fp32
 row of the same size, batch and graphs setting (the quality cost of lower precision).
 ``--big`` adds single 1- and 2-step jobs at that size (does a 2048 px job fit?).
-``--profile`` prints a torch.profiler summary of 20 eager bf16 steps at that size.
+``--profile`` prints a torch.profiler summary of 20 eager bf16 steps at that size. The L-BFGS
+share table times an L-BFGS step against an Adam step (one evaluation each) at each size.
+``--smoke`` runs every part at toy sizes; on a machine without CUDA it runs on the CPU.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ def peak_tflops(device: torch.device, precision: str) -> float | None:
     return None
 
 
+def memory(gib: float, device: torch.device) -> str:
+    """Peak allocated GiB as a table cell: "-" off CUDA (the CPU has no allocator counter)."""
+    return f"{gib:.2f}" if device.type == "cuda" else "-"
+
+
 def pictures(size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Square content and style (1, 3, size, size)."""
     content, style, label = benchmark_pictures()
@@ -79,6 +86,7 @@ def measure(
     warmup: int,
     iters: int,
     device: torch.device,
+    optimizer: str = "lbfgs",
 ) -> Row:
     content, style, _ = pictures(size)
     config = build_config(
@@ -90,22 +98,26 @@ def measure(
         cuda_graphs=graphs,
         device=str(device),
         targets_backend="torch",
+        optimizer=optimizer,
     )
     model, _ = load_model(config.model, config.loss.layers, device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    reads: list[float] = []  # elapsed seconds at each read-back (the last step of each chunk)
+    # (step, elapsed seconds) at each read-back from the device: every ``warmup`` steps on CUDA
+    # (the last step of each chunk), every step on a CPU
+    reads: list[tuple[int, float]] = []
     result = stylize_batch_tensors(
         [content] * batch,
         [[style]] * batch,
         [config] * batch,
         model,
-        lambda p: reads.append(p.elapsed) if p.image is not None else None,
+        lambda p: reads.append((p.step, p.elapsed)) if p.image is not None else None,
     )
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    its = iters / (reads[-1] - reads[0])
+    timed = [r for r in reads if r[0] >= warmup]  # after warm-up and graph capture
+    its = (timed[-1][0] - timed[0][0]) / (timed[-1][1] - timed[0][1])
     style_layers = [n for n, _ in config.loss.style_layers]
     flop = batch * iteration_flops(config.loss.layers, style_layers, size, size)
     del model
@@ -116,6 +128,28 @@ def big_job(size: int, precision: str, device: torch.device) -> tuple[float, flo
     """Peak GiB and s/iteration of one job at ``size`` (2 steps, no graphs: capture is moot)."""
     row = measure(size, precision, False, 1, 1, 1, device)
     return row.peak_gib, 1 / row.its
+
+
+def lbfgs_share(report: Report, sizes: list[int], args: argparse.Namespace) -> None:
+    """What L-BFGS adds to a step: its step against an Adam step (one evaluation each), batch 1,
+    bf16, CUDA graphs as the run's first --graphs setting."""
+    device, graphs = torch.device(args.device), args.graphs.split(",")[0] == "on"
+    report.add(
+        "",
+        f"## The L-BFGS share of a step (batch 1, bf16, graphs {'on' if graphs else 'off'})",
+        "",
+        "| size | ms / Adam step | ms / L-BFGS step | L-BFGS share | L-BFGS / Adam |",
+        "|---|---|---|---|---|",
+    )
+    for size in sizes:
+        adam, lbfgs = (
+            1e3 / measure(size, "bf16", graphs, 1, args.warmup, args.iters, device, opt).its
+            for opt in ("adam", "lbfgs")
+        )
+        report.add(
+            f"| {size} | {adam:.2f} | {lbfgs:.2f} | {100 * (1 - adam / lbfgs):.1f}% "
+            f"| {lbfgs / adam:.2f} |"
+        )
 
 
 def profile(size: int, device: torch.device) -> str:
@@ -146,9 +180,13 @@ def main() -> None:
                         help="skip size x batch combinations above this many pixels")  # fmt: skip
     parser.add_argument("--big", type=int, default=2048, help="0 to skip")
     parser.add_argument("--profile", type=int, default=512, help="0 to skip")
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: runs end to end on CPU")
     args = parser.parse_args()
+    if args.smoke:  # every section, in seconds
+        args.sizes, args.precisions, args.batches, args.graphs = "64", "fp32,bf16", "1,2", "off"
+        args.warmup, args.iters, args.big, args.profile = 2, 3, 96, 64
     device = torch.device(args.device)
     sizes = [int(s) for s in args.sizes.split(",")]
     precisions = args.precisions.split(",")
@@ -199,7 +237,8 @@ def main() -> None:
                     report.add(
                         f"| {size} | {precision} | {'on' if graphs else 'off'} | {batch} "
                         f"| {row.its:.1f} | {row.its * batch:.1f} | {1e3 / row.its:.2f} "
-                        f"| {row.peak_gib:.2f} | {row.gflop:.1f} | {tflops:.1f} | {share} "
+                        f"| {memory(row.peak_gib, device)} | {row.gflop:.1f} | {tflops:.1f} "
+                        f"| {share} "
                         f"| {row.final_loss:.4g} | {delta} |"
                     )
     report.add("")
@@ -216,13 +255,14 @@ def main() -> None:
                         f"- {size} px {r1.precision}: batch {rb.batch} gives "
                         f"{rb.its * rb.batch / r1.its:.2f}x the jobs/s of batch 1"
                     )
+    lbfgs_share(report, sizes, args)
     if args.big:
         report.add("", f"## One {args.big} px job", "", "| precision | peak GiB | s/it |",
                    "|---|---|---|")  # fmt: skip
         for precision in ("fp32", "bf16"):
             try:
                 peak, seconds = big_job(args.big, precision, device)
-                report.add(f"| {precision} | {peak:.1f} | {seconds:.3f} |")
+                report.add(f"| {precision} | {memory(peak, device)} | {seconds:.3f} |")
             except torch.cuda.OutOfMemoryError:
                 report.add(f"| {precision} | out of memory | - |")
     if args.profile:

@@ -2,7 +2,8 @@
 
     python -m benchmarks.step [--baseline 65b72bf[,main]] [--sizes 256x192,384x288,512x384]
         [--precisions bf16,fp32] [--time-steps 8] [--repeats 3] [--steps 100]
-        [--objective-sizes 384x288,512x384] [--quick] [--out benchmarks/results/step-cpu.md]
+        [--objective-sizes 384x288,512x384] [--profile 384x288] [--quick]
+        [--out benchmarks/results/step-cpu.md]
 
 Each tree (this working tree and each baseline, checked out with ``git worktree add`` into a
 temporary folder) runs in its own worker process that imports ``nst_batch`` from that tree
@@ -19,6 +20,10 @@ one scale, ``targets_backend=torch``, CPU):
   repeats' medians (the machine is shared and noisy) and the ratio to each baseline;
 - the final objective: the best loss of a ``--steps`` run per tree (Adam and L-BFGS), at
   ``--objective-sizes``, in the run's own precision.
+
+- where the time goes: ``--profile`` sizes, each precision, this tree only
+  (:mod:`benchmarks.profile_step`: top ops, copies, the convolutions' share and GFLOP/s against
+  a measured matmul peak).
 
 ``--quick`` is a smoke run: 256x192 only, 4 timed steps, 1 repeat, 5 objective steps.
 """
@@ -256,13 +261,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100, help="steps of the objective runs")
     parser.add_argument("--objective-sizes", default="384x288,512x384", help="'' for none")
+    parser.add_argument("--profile", default="384x288", help="profile steps at these; '' none")
     parser.add_argument("--quick", action="store_true", help="smoke run (about a minute)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.objective_sizes = "256x192", "256x192"
+        args.profile = "256x192" if args.profile else ""
         args.time_steps, args.repeats, args.steps = 4, 1, 5
     args.sizes, args.objective_sizes = parse_sizes(args.sizes), parse_sizes(args.objective_sizes)
+    args.profile = parse_sizes(args.profile)
     args.precisions = [p for p in args.precisions.split(",") if p]
     return args
 
@@ -272,6 +280,7 @@ def main() -> None:
 
     import torch
 
+    from benchmarks.profile_step import profile_section, profile_step
     from benchmarks.report import Report, cpu_name
 
     args = parse_args()
@@ -281,7 +290,8 @@ def main() -> None:
     ).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        paths, style, label = inputs(sorted(set(args.sizes + args.objective_sizes)), folder)
+        every = sorted(set(args.sizes + args.objective_sizes + args.profile))
+        paths, style, label = inputs(every, folder)
         roots = [checkout(c, folder / f"base-{i}") for i, c in enumerate(commits)]
         trees = [Tree("new", REPO)] + [Tree(c, r) for c, r in zip(commits, roots, strict=True)]
         try:
@@ -301,6 +311,13 @@ def main() -> None:
             timing_table(report, trees, args, timings(trees, args, paths, style))
             if args.objective_sizes and args.steps:
                 objectives(report, trees, args, paths, style)
+            for size in args.profile:  # the working tree only, in this process, workers idle
+                for precision in args.precisions:
+                    log(f"profile {fmt_size(size)} {precision}")
+                    found = profile_step(
+                        torch.load(paths[size]), torch.load(style), LOSS, precision
+                    )
+                    profile_section(report, found)
         finally:
             for tree in trees:
                 tree.close()
