@@ -272,3 +272,21 @@ def test_gpu_batched_equals_solo(weights, inputs) -> None:
     for i, config in enumerate(configs):
         solo = stylize_tensors(contents[i], styles[i], config, model)
         torch.testing.assert_close(batch.image[i : i + 1], solo.image, rtol=0, atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_gpu_full_history_lbfgs_step_replays_as_a_graph(weights, inputs) -> None:
+    contents, styles = inputs
+    model = make_model(weights, StylizeConfig().loss.layers).cuda()
+    # history 3: full after 3 steps, then 3 eager warm-ups, the capture, 6 replays
+    optim = OptimConfig("lbfgs", steps=16, sync_every=4, history_size=3)
+    config = dataclasses.replace(
+        _configs("lbfgs")[0], model=ModelConfig(precision="fp32"), optim=optim
+    )
+    eager = dataclasses.replace(config, model=ModelConfig(precision="fp32", cuda_graphs=False))
+    a = stylize_tensors(contents[0], styles[0], config, model)
+    b = stylize_tensors(contents[0], styles[0], eager, model)
+    assert a.graphs == "on" and [p.step for p in a.history] == list(range(1, 17))
+    # cuDNN's sums in any order, amplified by L-BFGS: close, not equal
+    assert a.loss == pytest.approx(b.loss, rel=0.05)
+    assert a.loss < a.history[0].loss

@@ -95,6 +95,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from nst_batch.engine.graphs import Replay
+
 LineSearch = Literal["none", "backtrack", "reject"]
 LINE_SEARCHES: tuple[str, ...] = ("none", "backtrack", "reject")
 ARMIJO_C1 = 1e-4  # sufficient decrease: the usual constant (Nocedal & Wright, sec. 3.1)
@@ -115,7 +117,12 @@ class BatchedLBFGS:
     """
 
     def __init__(
-        self, x: Tensor, lr: float = 1.0, history_size: int = 100, line_search: LineSearch = "none"
+        self,
+        x: Tensor,
+        lr: float = 1.0,
+        history_size: int = 100,
+        line_search: LineSearch = "none",
+        graphs: bool = False,
     ) -> None:
         if line_search not in LINE_SEARCHES:
             raise ValueError(f"line_search must be one of {LINE_SEARCHES}, not {line_search!r}")
@@ -147,6 +154,14 @@ class BatchedLBFGS:
         self.steps = 0  # steps taken, the same for every image: host bookkeeping only
         self._rows = torch.arange(b, device=x.device)
         self._slots = torch.arange(self.m, device=x.device)
+        # Once the history is full every step has the same shapes, so on CUDA it replays as a
+        # graph (:meth:`_full_step`): its inputs are this loss buffer and the gradient tensor
+        # seen at that moment (the loop's ``x.grad``, refreshed in place); a step given another
+        # gradient tensor, or a capture that fails, runs eagerly (``graph_status``).
+        self.graphs = graphs
+        self._f = torch.zeros(b, **z)  # (B,) the loss of the step under way
+        self._grad: Tensor | None = None
+        self._replay: Replay[None] | None = None
 
     @torch.no_grad()
     def step(self, grad: Tensor, loss: Tensor | None = None) -> None:
@@ -157,31 +172,63 @@ class BatchedLBFGS:
             if self.line_search != "none":
                 raise ValueError(f"line_search={self.line_search!r} needs the loss")
             loss = torch.zeros_like(self.t)
-        f = loss.reshape(self.t.shape).to(self.t.dtype)
+        self._f.copy_(loss.reshape(self.t.shape))
         if self.steps == 0:
-            self._anchor(torch.ones_like(self.t, dtype=torch.bool), x, f, g)
+            self._anchor(torch.ones_like(self.t, dtype=torch.bool), x, self._f, g)
             self.d.copy_(-g)
             self.t.copy_(self._first_length(g))
+            self._move(x)
+        elif self.steps < self.m:  # the history still fills: shapes change every step
+            self._update(g, self.steps)
         else:
-            # The step actually taken: the loop projected x between the two evaluations.
-            s = x - self.x_prev
-            ok = self._accepted(f, s)
-            # Slots written so far: only those take part (cheaper while the history fills).
-            used = min(self.steps, self.m)
-            y = g - self.g_prev
-            self._anchor(ok, x, f, g)
-            # The first of the step's two reads of the history, before the new pair is stored.
-            sg, yg = self._remember(s, y, ok, used)
-            d = self._direction(self.g_prev, sg, yg, used)  # the second read
-            t = torch.full_like(self.t, self.lr)
-            if self.line_search != "none":
-                d, t = self._safeguard(ok, f, s, d, t)
-            self.d.copy_(d)
-            self.t.copy_(t)
+            self._full_step(grad)
+        self.steps += 1
+
+    @property
+    def graph_status(self) -> str:
+        """The full-history step's CUDA graph: "on", "off" or "fallback: <reason>"."""
+        return self._replay.status if self._replay is not None else "off"
+
+    def _full_step(self, grad: Tensor) -> None:
+        """A step with the history full: the same kernels every time, replayed as a CUDA graph
+        (on CUDA, with ``graphs``) while the gradient comes in the same tensor."""
+        if self._replay is None:
+            self._grad = grad
+            self._replay = Replay(self._replayed, self.x.device, enabled=self.graphs)
+        if grad is self._grad:
+            self._replay()
+        else:  # not the tensor the graph reads: this step runs eagerly
+            self._update(grad.reshape(self.d.shape), self.m)
+
+    def _replayed(self) -> None:
+        assert self._grad is not None
+        self._update(self._grad.reshape(self.d.shape), self.m)
+
+    def _update(self, g: Tensor, used: int) -> None:
+        """Every step after the first, in place on the state (a CUDA graph replays it):
+        judge the last step, store its pair, make the next direction and length, move ``x``.
+        ``used``: the slots written so far, the only ones that take part."""
+        x, f = self.x.view(self.d.shape), self._f
+        # The step actually taken: the loop projected x between the two evaluations.
+        s = x - self.x_prev
+        ok = self._accepted(f, s)
+        y = g - self.g_prev
+        self._anchor(ok, x, f, g)
+        # The first of the step's two reads of the history, before the new pair is stored.
+        sg, yg = self._remember(s, y, ok, used)
+        d = self._direction(self.g_prev, sg, yg, used)  # the second read
+        t = torch.full_like(self.t, self.lr)
+        if self.line_search != "none":
+            d, t = self._safeguard(ok, f, s, d, t)
+        self.d.copy_(d)
+        self.t.copy_(t)
+        self._move(x)
+
+    def _move(self, x: Tensor) -> None:
+        """x = anchor + t d, or stay at the anchor where d is not downhill."""
         descent = (self.g_prev * self.d).sum(1) <= 0  # torch.optim.LBFGS breaks (no step) otherwise
         move = torch.where(descent, self.t, torch.zeros_like(self.t))
         x.copy_(self.x_prev + self.d * move[:, None])
-        self.steps += 1
 
     def _first_length(self, g: Tensor) -> Tensor:
         """torch's first step ``min(1, 1 / |g|_1) * lr``: its length does not depend on the
@@ -287,8 +334,9 @@ class BatchedLBFGS:
             keep[:, :, None], torch.stack([s, y], 1), self.pairs[r, slot]
         )
         self.rho[r, slot] = torch.where(accept, ys.reciprocal(), self.rho[r, slot])
-        self.h_diag = torch.where(accept, ys / yy, self.h_diag)
-        self.newest = slot
+        # In place, like all the state: a captured step must update the tensors it replays on.
+        self.h_diag.copy_(torch.where(accept, ys / yy, self.h_diag))
+        self.newest.copy_(slot)
         # The new pair's row and column of S^T Y and Y^T Y among the slots in use (the others,
         # never written, stay 0).
         k = slice(0, used)

@@ -10,7 +10,8 @@ reported, never passed off as a success; printing it is the caller's business).
 A batch (B, 3, H, W) is B independent jobs: the loss function returns one value per image, each
 image keeps its own L-BFGS history (:class:`~nst_batch.engine.lbfgs.BatchedLBFGS`) or Adam moments
 (element-wise by construction) and its own best image, so a job's result does not depend on its
-batch mates. On CUDA the evaluation (Adam: the whole step) replays as a CUDA graph and the loop
+batch mates. On CUDA the evaluation (Adam: the whole step) replays as a CUDA graph, the L-BFGS update as
+another once its history is full, and the loop
 reads numbers back only every ``sync_every`` steps, so the GPU never waits for Python.
 """
 
@@ -289,7 +290,9 @@ def optimize(
         state.adam = torch.optim.Adam([x], lr=config.step_size, capturable=x.is_cuda)
     lbfgs = None
     if config.optimizer == "lbfgs":
-        lbfgs = BatchedLBFGS(x.detach(), config.step_size, config.history_size, config.line_search)
+        lbfgs = BatchedLBFGS(
+            x.detach(), config.step_size, config.history_size, config.line_search, graphs
+        )
     run = Replay(state.evaluate, x.device, enabled=graphs)
     sync_every = config.sync_every or (CUDA_SYNC_EVERY if x.is_cuda else 1)
     reader = _Reader(config.steps, state.b, callback)
@@ -329,5 +332,12 @@ def optimize(
         start_losses=tuple(starts),
         # One evaluation took no step: nothing was optimized, so nothing can have failed.
         failures=judge(losses, starts) if len(history) > 1 else ("",) * len(losses),
-        graphs=run.status,
+        graphs=graph_status(run.status, lbfgs.graph_status if lbfgs is not None else "off"),
     )
+
+
+def graph_status(evaluation: str, lbfgs: str) -> str:
+    """One word for the sidecar: a fallback of either graph, else the evaluation's state."""
+    if lbfgs.startswith("fallback"):
+        return f"fallback: L-BFGS step: {lbfgs.removeprefix('fallback: ')}"
+    return evaluation
