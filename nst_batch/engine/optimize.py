@@ -10,9 +10,9 @@ reported, never passed off as a success; printing it is the caller's business).
 A batch (B, 3, H, W) is B independent jobs: the loss function returns one value per image, each
 image keeps its own L-BFGS history (:class:`~nst_batch.engine.lbfgs.BatchedLBFGS`) or Adam moments
 (element-wise by construction) and its own best image, so a job's result does not depend on its
-batch mates. On CUDA the evaluation (Adam: the whole step) replays as a CUDA graph, the L-BFGS update as
-another once its history is full, and the loop
-reads numbers back only every ``sync_every`` steps, so the GPU never waits for Python.
+batch mates. On CUDA the evaluation (Adam: the whole step) replays as a CUDA graph, the L-BFGS
+update as another once its history is full, and the loop reads numbers back only every
+``sync_every`` steps, so the GPU never waits for Python.
 """
 
 from __future__ import annotations
