@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import nst_batch.engine.graphs as graphs_module
 from nst_batch.config import StylizeConfig
 from nst_batch.demo import swirl_painting
 from nst_batch.engine.graphs import Replay, features_at, native_bf16, resolve_precision
@@ -205,6 +206,19 @@ def test_precision_is_validated_and_auto_resolves_per_device() -> None:
     assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
     assert resolve_precision("tf32", cpu) == "tf32"
     assert not native_bf16(torch.device("meta"))
+
+
+def test_auto_takes_bf16_on_a_cpu_only_where_it_measures_faster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu = torch.device("cpu")
+    assert graphs_module.cpu_bf16_speedup() > 0  # the real probe runs
+    monkeypatch.setattr(graphs_module, "cpu_bf16_flags", lambda: True)
+    for speedup, expected in ((1.6, "bf16"), (1.1, "fp32"), (0.6, "fp32")):
+        monkeypatch.setattr(graphs_module, "cpu_bf16_speedup", lambda s=speedup: s)
+        assert resolve_precision("auto", cpu) == expected
+    monkeypatch.setattr(graphs_module, "cpu_bf16_flags", lambda: False)  # no bf16 instructions
+    assert resolve_precision("auto", cpu) == "fp32"
 
 
 def test_run_batch_writes_each_job_like_a_solo_run(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ or MPS, or with ``enabled=False``, every call runs eagerly: the same code, the s
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
@@ -25,6 +27,9 @@ from nst_batch.errors import ConfigError
 Precision = Literal["auto", "fp32", "tf32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "tf32", "bf16")
 WARMUP_CALLS = 3  # eager calls before capture (the CUDA-graphs docs use a few)
+# auto takes bf16 on a CPU only when its convolutions are at least this much faster: a smaller
+# gain is not worth bf16's rounding, and a probe's noise must not flip the choice
+BF16_MIN_SPEEDUP = 1.25
 
 T = TypeVar("T")
 
@@ -35,12 +40,18 @@ def check_precision(precision: str) -> None:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Does the device compute bf16 natively: a CUDA GPU of compute capability 8.0 or newer, or
-    a CPU with AVX512-BF16 or AMX (Linux: read from /proc/cpuinfo; elsewhere assumed not)."""
+    """Does the device compute bf16 natively and faster than float32: a CUDA GPU of compute
+    capability 8.0 or newer, or a CPU with AVX512-BF16 or AMX instructions (Linux: read from
+    /proc/cpuinfo; elsewhere assumed not) whose bf16 convolutions measure at least
+    :data:`BF16_MIN_SPEEDUP` times faster (:func:`cpu_bf16_speedup`)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type != "cpu":
         return False
+    return cpu_bf16_flags() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+
+
+def cpu_bf16_flags() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
@@ -48,9 +59,31 @@ def native_bf16(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+@functools.cache  # a property of the machine: measured once per process (~0.1 s)
+def cpu_bf16_speedup() -> float:
+    """float32 over bf16 time of a 3x3, 128-channel convolution of a 64x64 channels_last map
+    (the VGG stack's kind of work), each dtype's best of 3 calls, interleaved.
+
+    The instruction flags alone do not say it: on the AMD EPYC (AVX512-BF16) this project was
+    first measured on, bf16 steps were 1.6x faster than float32; on an Intel Xeon with
+    AVX512-BF16 but no AMX they take 1.5-1.7x longer (``benchmarks/results/step-cpu.md``)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 128, 64, 64, generator=gen).to(memory_format=torch.channels_last)
+    w = torch.randn(128, 128, 3, 3, generator=gen).to(memory_format=torch.channels_last)
+    pairs = {dtype: (x.to(dtype), w.to(dtype)) for dtype in (torch.float32, torch.bfloat16)}
+    best = dict.fromkeys(pairs, float("inf"))
+    with torch.no_grad():
+        for repeat in range(4):  # the first is a warm-up (oneDNN picks and builds its kernel)
+            for dtype, (xi, wi) in pairs.items():
+                start = time.perf_counter()
+                torch.nn.functional.conv2d(xi, wi, padding=1)
+                if repeat:
+                    best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
 def resolve_precision(precision: str, device: torch.device) -> Precision:
-    """``auto`` is bf16 where the device computes it natively, else fp32. On the development
-    CPU (AVX512-BF16) bf16 steps are 1.6x faster at the same final loss (README, "GPU engine")."""
+    """``auto`` is bf16 where the device computes it natively and faster, else fp32."""
     check_precision(precision)
     if precision != "auto":
         return precision  # type: ignore[return-value]
