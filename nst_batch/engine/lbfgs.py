@@ -79,8 +79,9 @@ the whole history; now two whole-history reads (four (B, m, N)-sized ones). ``s_
 ``y_i^T y`` could instead be derived as differences of cached ``S^T g`` at the old and new anchor,
 but a difference of nearly equal products loses digits as steps shorten, and ``y_i^T s`` cannot be
 derived at all (``s`` is the projected step, not ``t d``), so the read takes three right-hand
-columns. Measured on a 2-core CPU the step got only ~5% cheaper
-(``benchmarks/results/lbfgs-step-cpu.md``): there the history reads are not most of its cost.
+columns. Measured on a quiet 2-core CPU the full-history step takes 0.71-0.77x the time of the
+six-read one, 40 ms at 384x288 and 63 ms at 512x384 (``benchmarks/results/lbfgs-step-cpu.md``):
+4-5% of a float32 evaluation at those sizes.
 
 Nothing here reads a number back to the host: every per-image decision (accept, retry, restart,
 reset) is a ``torch.where`` mask over device tensors, and the only Python branches are on the
@@ -315,10 +316,13 @@ class BatchedLBFGS:
         r, b = self._rows, s.shape[0]
         keep = accept[:, None]
         g = self.g_prev  # the anchors' gradients (already moved for the images in ``ok``)
-        # One read of the slots in use: (B, 2 used, N) x (B, N, 3) -> s_i and y_i against g, s, y.
-        # The slot about to be overwritten gives stale products; they are replaced below.
+        # One read of the slots in use: s_i and y_i against g, s, y. The slot about to be
+        # overwritten gives stale products; they are replaced below. The history is the product's
+        # transposed right operand, (B, 3, N) x (B, N, 2 used): the same bytes as (B, 2 used, N) x
+        # (B, N, 3), but half the time on a CPU (14 against 29 ms at 384x288, m = 100).
         history = self.pairs[:, :used].reshape(b, 2 * used, -1)
-        prods = torch.bmm(history, torch.stack([g, s, y], 2)).view(b, used, 2, 3)
+        prods = torch.bmm(torch.stack([g, s, y], 1), history.transpose(1, 2))  # (B, 3, 2 used)
+        prods = prods.transpose(1, 2).reshape(b, used, 2, 3)
         # The new pair's own products are dot products of image-sized vectors, not history reads.
         # (A mask, not an index: an image that never kept a pair points at slot m - 1 >= used.)
         at_new = keep & (self._slots[None, :used] == slot[:, None])  # (B, used)
