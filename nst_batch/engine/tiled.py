@@ -25,7 +25,10 @@ whatever the image's size; the price is a second forward per tile and the halos'
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -243,6 +246,8 @@ class TiledObjective:
                     stats.grams[name].add_(part.grams[name])
                 for name in self.content:
                     stats.errors[name].add_(part.errors[name])
+                del part
+                return_freed_pages(x.device)
         # The loss from them, and its gradient with respect to each statistic.
         with torch.enable_grad():
             leaves = [*stats.grams.values(), *stats.errors.values()]
@@ -279,7 +284,32 @@ class TiledObjective:
                     continue  # no weighted term depends on the network's features
                 (g,) = torch.autograd.grad(torch.stack(products).sum(), crop)
             tile.crop(gradient).add_(g)
+            del part, products, g, crop
+            return_freed_pages(x.device)
         return _detached(terms), gradient
+
+
+def return_freed_pages(device: torch.device) -> None:
+    """Give the C heap's free pages back to the system after a tile (CPU, glibc).
+
+    Tiles of different shapes (the grid's edges) leave glibc's heap fragmented: freed blocks stay
+    resident and the next tile's differently sized ones are placed beside them, so a tiled job's
+    resident set grew tile after tile. Measured at 874x1024 (Adam, tiles of 256, bf16, 2 steps):
+    a peak of 0.82 GB above the process's start with glibc's defaults, 0.59 GB when large blocks
+    are returned at once (``MALLOC_MMAP_THRESHOLD_=1048576``). ``malloc_trim`` does that after
+    each tile without changing how anything else allocates."""
+    trim = _malloc_trim()
+    if device.type == "cpu" and trim is not None:
+        trim(0)
+
+
+@functools.cache  # the C library's function, looked up once
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:  # no C library by that name (not Linux)
+        return None
 
 
 def _detached(terms: LossTerms) -> LossTerms:
