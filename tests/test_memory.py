@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.memory import measure
-from nst_batch.engine.memory import GB, MemoryConfig, estimate_bytes, plan
+from nst_batch.engine.memory import GB, TILE_SIZES, MemoryConfig, estimate_bytes, plan
 from nst_batch.errors import ConfigError
 
 LAYERS = ("relu4_2", "relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -39,8 +39,20 @@ def test_plan_tiles_then_shortens_the_history_then_adam() -> None:
     assert roomy.tile is not None and roomy.history_size == 100
     tight = plan(MemoryConfig(), LAYERS, PHONE, "bf16", "lbfgs", 100, 5.6 * GB)
     assert tight.tile is not None and 5 <= tight.history_size < 100 and tight.estimate_gb <= 5.6
-    tighter = plan(MemoryConfig(), LAYERS, PHONE, "bf16", "lbfgs", 100, 3 * GB)
+    tighter = plan(MemoryConfig(), LAYERS, PHONE, "bf16", "lbfgs", 100, 4.3 * GB)
     assert tighter.optimizer == "adam" and tighter.history_size == 0
+
+
+@pytest.mark.parametrize("budget_gb", [3.0, 3.5, 4.3])  # under 5 L-BFGS pairs' 4.6 GB
+def test_plan_gives_adam_the_largest_tile_that_fits(budget_gb: float) -> None:
+    """When no L-BFGS history fits, Adam gets the largest tile its smaller state leaves room
+    for (fewer halos to recompute), not the smallest."""
+    budget = budget_gb * GB
+    p = plan(MemoryConfig(), LAYERS, PHONE, "bf16", "lbfgs", 100, budget)
+    assert p.optimizer == "adam" and p.tile is not None and p.tile > min(TILE_SIZES)
+    larger = [t for t in TILE_SIZES if t > p.tile]
+    assert p.estimate_gb <= budget_gb
+    assert all(estimate_bytes(LAYERS, 3024, 4032, 1, "bf16", "adam", 0, t) > budget for t in larger)
     with pytest.raises(ConfigError, match=r"needs at least .* GB"):
         plan(MemoryConfig(), LAYERS, PHONE, "bf16", "lbfgs", 100, 1 * GB)
 

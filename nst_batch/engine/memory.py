@@ -14,7 +14,8 @@ holds it to within 25% at 256, 512 and 1024 px. It has three parts:
   the image itself).
 
 :func:`plan` picks, in this order, the first that fits the budget: untiled; tiled, with the
-largest tile that fits; tiled with a shorter L-BFGS history; Adam. It never picks something
+largest tile that fits; tiled with a shorter L-BFGS history; Adam, with the largest tile that fits
+it. It never picks something
 that does not fit: a budget too small even for Adam's state is a :class:`ConfigError` that says
 how much is needed.
 """
@@ -180,7 +181,7 @@ def plan(
 ) -> MemoryPlan:
     """The first that fits ``budget`` bytes of: untiled; the largest tile; the largest tile
     that keeps a useful L-BFGS history (:data:`GOOD_HISTORY`); the smallest tile with any
-    history of at least :data:`MIN_HISTORY`; Adam."""
+    history of at least :data:`MIN_HISTORY`; Adam, untiled or with the largest tile that fits."""
     b, h, w = shape
 
     def need(opt: OptimizerName, m: int, tile: int | None) -> float:
@@ -209,8 +210,10 @@ def plan(
                 return made("lbfgs", longest_history(tile), tile)
         if longest_history(smallest) >= MIN_HISTORY:
             return made("lbfgs", longest_history(smallest), smallest)
-    if need("adam", 0, smallest) <= budget:
-        return made("adam", 0, smallest)
+    # Adam's state is small, so a larger tile (fewer halos to recompute) often fits it.
+    for tile in ((None,) if config.tile is None else ()) + tiles:
+        if need("adam", 0, tile) <= budget:
+            return made("adam", 0, tile)
     raise ConfigError(
         f"a {w}x{h} image needs at least {need('adam', 0, smallest) / GB:.1f} GB (tiled, Adam) "
         f"but the budget leaves {budget / GB:.1f} GB for it; raise --max-memory or lower --size"
