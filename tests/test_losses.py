@@ -181,7 +181,7 @@ def test_gram_and_its_gradient_match_the_old_formula(
         grads.append((g.detach(), f.grad))
     (new, new_grad), (old, old_grad) = grads
     assert torch.allclose(new, old, rtol=tol, atol=tol)
-    if dtype == torch.bfloat16:  # both round the same float32 gradient once to bf16
+    if dtype == torch.bfloat16:  # a float32 gradient rounded once, against a bf16 product
         assert torch.allclose(new_grad.float(), old_grad.float(), rtol=1e-2, atol=1e-2)
     else:
         assert torch.allclose(new_grad, old_grad, rtol=tol, atol=tol)
@@ -204,3 +204,13 @@ def test_gram_keeps_the_float32_copy_on_cpu() -> None:
     f = torch.randn(1, 4, 3, 3, dtype=torch.bfloat16)
     assert not _fp32_products(f.reshape(1, 4, 9))  # aten::bmm.dtype is CUDA only
     assert torch.equal(gram(f), _old_gram(f))
+
+
+def test_gram_backward_keeps_the_features_not_a_float32_copy() -> None:
+    """What the product saves for the backward is the bf16 features themselves: the float32
+    copy of the forward is not held until the backward (memory) nor multiplied again (time)."""
+    f = torch.randn(1, 4, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    g = gram(f.requires_grad_(True))
+    product = g.grad_fn.next_functions[0][0]  # under the division by the positions
+    (saved,) = product.saved_tensors
+    assert saved.dtype == torch.bfloat16 and saved.data_ptr() == f.data_ptr()

@@ -145,16 +145,18 @@ def gram(features: Tensor) -> Tensor:
     the gradient goes back channels_last; contiguous NCHW ones as (B, C, H W), ``G = F F^T``. On
     CUDA, bf16/fp16 features go into the product as they are, accumulated and returned in float32
     (tensor cores, no float32 copy; a product of two bf16 numbers is exact in float32); elsewhere
-    they are first copied to float32.
+    the forward product is taken on a float32 copy, which is dropped at once: the backward's
+    product uses the features themselves, since its result (the features' gradient) is rounded
+    to their dtype in any case (on a CPU, a bf16 product takes about half the float32 one's time,
+    and the copy is not kept for the backward).
     """
     b, c, h, w = features.shape
     positions = features.permute(0, 2, 3, 1)  # (B, H, W, C): a dense view for channels_last
     by_position = not features.is_contiguous() and positions.is_contiguous()
     # (B, H W, C) is a view (no copy) for channels_last; (B, C, H W) for contiguous NCHW
     f = positions.reshape(b, h * w, c) if by_position else features.reshape(b, c, h * w)
-    if not _fp32_products(f):
-        f = _wide(f)
-    return _GramProduct.apply(f, by_position) / (h * w)  # (B, C, C)
+    widen = f.dtype in (torch.float16, torch.bfloat16) and not _fp32_products(f)
+    return _GramProduct.apply(f, by_position, widen) / (h * w)  # (B, C, C)
 
 
 # (device, dtype) -> whether torch.bmm(..., out_dtype=torch.float32) works there, probed once.
@@ -191,24 +193,30 @@ def _bmm32(a: Tensor, b: Tensor) -> Tensor:
 class _GramProduct(torch.autograd.Function):
     """``F F^T`` of (B, C, N) features, or ``F^T F`` of (B, N, C) ones (``by_position``), with a
     backward of one batched product, ``(dG + dG^T) F`` or ``F (dG + dG^T)``, where autograd's own
-    takes two (one per operand); the Gram matrices are ~12% of a CPU step. The gradient has the
+    takes two (one per operand); the Gram matrices are ~12% of a CPU step. ``widen``: the forward
+    product is float32, of a float32 copy of low-precision features. The gradient has the
     features' layout and dtype."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, f: Tensor, by_position: bool) -> Tensor:
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, f: Tensor, by_position: bool, widen: bool
+    ) -> Tensor:
         ctx.save_for_backward(f)
         ctx.by_position = by_position  # type: ignore[attr-defined]
+        g = f.float() if widen else f  # the copy lives for this product only
         if by_position:
-            return _bmm32(f.transpose(1, 2), f)  # (B, C, C)
-        return _bmm32(f, f.transpose(1, 2))  # (B, C, C)
+            return _bmm32(g.transpose(1, 2), g)  # (B, C, C)
+        return _bmm32(g, g.transpose(1, 2))  # (B, C, C)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor, None, None]:
         (f,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        sym = (grad + grad.transpose(1, 2)).to(f.dtype)  # (B, C, C); a no-op unless on CUDA bf16
+        sym = (grad + grad.transpose(1, 2)).to(f.dtype)  # (B, C, C); bf16 for bf16 features
         if ctx.by_position:  # type: ignore[attr-defined]
-            return torch.bmm(f, sym), None  # (B, N, C)
-        return torch.bmm(sym, f), None  # (B, C, N)
+            return torch.bmm(f, sym), None, None  # (B, N, C)
+        return torch.bmm(sym, f), None, None  # (B, C, N)
 
 
 def _per_image(x: Tensor, target: Tensor, reduce: Literal["sum", "mean", "relative"]) -> Tensor:
