@@ -39,8 +39,10 @@ def test_plan_tiles_then_shortens_the_history_then_adam() -> None:
     assert roomy.tile is not None and roomy.history_size == 100
     tight = plan(MemoryConfig(), LAYERS, PHONE, "bf16", "lbfgs", 100, 5.6 * GB)
     assert tight.tile is not None and 5 <= tight.history_size < 100 and tight.estimate_gb <= 5.6
-    tighter = plan(MemoryConfig(), LAYERS, PHONE, "bf16", "lbfgs", 100, 4.3 * GB)
+    tighter = plan(MemoryConfig(), LAYERS, PHONE, "bf16", "lbfgs", 100, 3 * GB)
     assert tighter.optimizer == "adam" and tighter.history_size == 0
+    with pytest.raises(ConfigError, match=r"needs at least .* GB"):
+        plan(MemoryConfig(), LAYERS, PHONE, "bf16", "lbfgs", 100, 1 * GB)
 
 
 @pytest.mark.parametrize("budget_gb", [3.0, 3.5, 4.3])  # under 5 L-BFGS pairs' 4.6 GB
@@ -53,8 +55,6 @@ def test_plan_gives_adam_the_largest_tile_that_fits(budget_gb: float) -> None:
     larger = [t for t in TILE_SIZES if t > p.tile]
     assert p.estimate_gb <= budget_gb
     assert all(estimate_bytes(LAYERS, 3024, 4032, 1, "bf16", "adam", 0, t) > budget for t in larger)
-    with pytest.raises(ConfigError, match=r"needs at least .* GB"):
-        plan(MemoryConfig(), LAYERS, PHONE, "bf16", "lbfgs", 100, 1 * GB)
 
 
 def test_plan_uses_the_tile_asked_for() -> None:

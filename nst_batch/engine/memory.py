@@ -15,9 +15,8 @@ holds it to within 25% at 256, 512 and 1024 px. It has three parts:
 
 :func:`plan` picks, in this order, the first that fits the budget: untiled; tiled, with the
 largest tile that fits; tiled with a shorter L-BFGS history; Adam, with the largest tile that fits
-it. It never picks something
-that does not fit: a budget too small even for Adam's state is a :class:`ConfigError` that says
-how much is needed.
+it. It never picks something that does not fit: a budget too small even for Adam's state is a
+:class:`ConfigError` that says how much is needed.
 """
 
 from __future__ import annotations
