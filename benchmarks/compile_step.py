@@ -36,7 +36,9 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "compile-cpu.md"
 SKIP = 3  # steps left out of the median: the compile, and the allocator settling
 
 
-def run(content: torch.Tensor, style: torch.Tensor, precision: str, steps: int, compiled: bool):
+def run(
+    content: torch.Tensor, style: torch.Tensor, precision: str, steps: int, compiled: bool
+) -> tuple[list[float], float]:
     """One Adam run; returns the seconds of each step and the final loss."""
     eager = optimize_module.autograd_gradient
     if compiled:  # the loop differentiates whatever autograd_gradient is handed

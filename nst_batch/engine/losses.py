@@ -33,6 +33,7 @@ from nst_batch.errors import ConfigError
 from nst_batch.validation import check_fields
 
 Normalize = Literal["relative", "mse", "paper"]
+LOW_PRECISION = (torch.float16, torch.bfloat16)  # dtypes whose sums and products go to float32
 
 # The paper's style layers with equal weight (Gatys et al. 2016, Fig. 2 / Sec. 3).
 PAPER_STYLE_LAYERS: tuple[tuple[str, float], ...] = (
@@ -125,7 +126,7 @@ class LossTerms:
 
 def _wide(t: Tensor) -> Tensor:
     """Low-precision tensors go to float32 for reductions; float32/float64 stay as they are."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+    return t.float() if t.dtype in LOW_PRECISION else t
 
 
 def gram(features: Tensor) -> Tensor:
@@ -144,18 +145,16 @@ def gram(features: Tensor) -> Tensor:
     network's) are read as their (B, H W, C) view and ``G = F^T F``, so no NCHW copy is made and
     the gradient goes back channels_last; contiguous NCHW ones as (B, C, H W), ``G = F F^T``. On
     CUDA, bf16/fp16 features go into the product as they are, accumulated and returned in float32
-    (tensor cores, no float32 copy; a product of two bf16 numbers is exact in float32); elsewhere
-    the forward product is taken on a float32 copy, which is dropped at once: the backward's
-    product uses the features themselves, since its result (the features' gradient) is rounded
-    to their dtype in any case (on a CPU, a bf16 product takes about half the float32 one's time,
-    and the copy is not kept for the backward).
+    (tensor cores, no float32 copy; a product of two bf16 numbers is exact in float32). Elsewhere
+    the forward product is of a float32 copy, dropped at once; the backward multiplies the
+    features themselves, as its result (their gradient) is rounded to their dtype in any case.
     """
     b, c, h, w = features.shape
     positions = features.permute(0, 2, 3, 1)  # (B, H, W, C): a dense view for channels_last
     by_position = not features.is_contiguous() and positions.is_contiguous()
     # (B, H W, C) is a view (no copy) for channels_last; (B, C, H W) for contiguous NCHW
     f = positions.reshape(b, h * w, c) if by_position else features.reshape(b, c, h * w)
-    widen = f.dtype in (torch.float16, torch.bfloat16) and not _fp32_products(f)
+    widen = f.dtype in LOW_PRECISION and not _fp32_products(f)
     return _GramProduct.apply(f, by_position, widen) / (h * w)  # (B, C, C)
 
 
@@ -168,7 +167,7 @@ def _fp32_products(f: Tensor) -> bool:
     (``aten::bmm.dtype``: CUDA only). Probed in eager mode on first use, never inside a CUDA graph
     capture (the loop's first evaluations are eager warm-ups); a failed probe keeps the float32
     copy."""
-    if f.device.type != "cuda" or f.dtype not in (torch.float16, torch.bfloat16):
+    if f.device.type != "cuda" or f.dtype not in LOW_PRECISION:
         return False
     key = (f.device, f.dtype)
     if key not in _FP32_PRODUCTS:
@@ -185,7 +184,7 @@ def _fp32_products(f: Tensor) -> bool:
 
 def _bmm32(a: Tensor, b: Tensor) -> Tensor:
     """``a @ b`` batched, in float32 (for CUDA bf16/fp16 inputs: accumulated and returned)."""
-    if a.dtype in (torch.float16, torch.bfloat16):
+    if a.dtype in LOW_PRECISION:
         return torch.bmm(a, b, out_dtype=torch.float32)
     return torch.bmm(a, b)
 

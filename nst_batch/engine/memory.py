@@ -197,11 +197,17 @@ def plan(
         return min(history_size, int((budget - need("lbfgs", 0, tile)) // pair))
 
     tiles = (config.tile,) if config.tile else tuple(t for t in TILE_SIZES if t < max(h, w))
-    if config.tile is None and need(optimizer, history_size, None) <= budget:
-        return made(optimizer, history_size, None)
-    for tile in tiles:
-        if need(optimizer, history_size, tile) <= budget:
-            return made(optimizer, history_size, tile)
+    # Untiled first (unless a tile was asked for), then the tiles, largest first.
+    candidates: tuple[int | None, ...] = ((None,) if config.tile is None else ()) + tiles
+
+    def first_fit(opt: OptimizerName, m: int) -> MemoryPlan | None:
+        for tile in candidates:
+            if need(opt, m, tile) <= budget:
+                return made(opt, m, tile)
+        return None
+
+    if (found := first_fit(optimizer, history_size)) is not None:
+        return found
     smallest = tiles[-1] if tiles else None
     if optimizer == "lbfgs":
         for tile in tiles:
@@ -210,9 +216,8 @@ def plan(
         if longest_history(smallest) >= MIN_HISTORY:
             return made("lbfgs", longest_history(smallest), smallest)
     # Adam's state is small, so a larger tile (fewer halos to recompute) often fits it.
-    for tile in ((None,) if config.tile is None else ()) + tiles:
-        if need("adam", 0, tile) <= budget:
-            return made("adam", 0, tile)
+    if (found := first_fit("adam", 0)) is not None:
+        return found
     raise ConfigError(
         f"a {w}x{h} image needs at least {need('adam', 0, smallest) / GB:.1f} GB (tiled, Adam) "
         f"but the budget leaves {budget / GB:.1f} GB for it; raise --max-memory or lower --size"
